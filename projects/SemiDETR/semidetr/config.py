@@ -1,0 +1,201 @@
+# Copyright (c) SemiDETR-D2 contributors. Licensed under the Apache License 2.0.
+"""Configuration keys of SemiDETR-D2.
+
+`add_semidetr_config(cfg)` extends detectron2's default yacs config. Every key is commented with its
+meaning, its default and where the default comes from (paper, official code, DINO/Deformable DETR).
+Keys that already exist in detectron2 (MODEL.RESNETS.*, INPUT.MIN_SIZE_TRAIN, SOLVER.*, ...) keep their
+detectron2 meaning and are only documented where this project relies on them.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_semidetr_config"]
+
+
+def add_semidetr_config(cfg: CN) -> None:
+    """Add every SemiDETR-D2 key to `cfg` (in place)."""
+    _add_detr_config(cfg)
+    _add_solver_config(cfg)
+    _add_input_config(cfg)
+    _add_dataset_config(cfg)
+    _add_semi_config(cfg)
+
+
+def _add_detr_config(cfg: CN) -> None:
+    # ---------------------------------------------------------------------------------------------
+    # The DETR-family detector (meta-architectures "DINO" and "DeformableDETR").
+    # Defaults are DINO-4scale R-50 (Zhang et al. 2022); configs/DeformableDETR overrides what differs.
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.DETR = CN()
+    # Number of foreground classes. 0 = take it from the training data set's metadata
+    # (len(MetadataCatalog.get(DATASETS.TRAIN[0]).thing_classes)); there is no built-in class count.
+    cfg.MODEL.DETR.NUM_CLASSES = 0
+    # Backbone feature maps fed to the transformer, from fine to coarse.
+    cfg.MODEL.DETR.IN_FEATURES = ["res3", "res4", "res5"]
+    # Number of feature levels seen by the transformer. Levels beyond len(IN_FEATURES) are made by
+    # stride-2 3x3 convolutions on the coarsest backbone map (DINO-4scale: 3 backbone maps + 1 extra).
+    cfg.MODEL.DETR.NUM_FEATURE_LEVELS = 4
+    # Transformer width, attention heads, FFN width, dropout and activation.
+    cfg.MODEL.DETR.HIDDEN_DIM = 256
+    cfg.MODEL.DETR.NHEADS = 8
+    cfg.MODEL.DETR.DIM_FEEDFORWARD = 2048  # DINO 2048; Deformable DETR 1024
+    cfg.MODEL.DETR.DROPOUT = 0.0  # DINO 0.0; Deformable DETR 0.1
+    cfg.MODEL.DETR.ACTIVATION = "relu"
+    # Encoder and decoder depth.
+    cfg.MODEL.DETR.ENC_LAYERS = 6
+    cfg.MODEL.DETR.DEC_LAYERS = 6
+    # Sampling points per head and level in the encoder / decoder deformable attention.
+    cfg.MODEL.DETR.ENC_N_POINTS = 4
+    cfg.MODEL.DETR.DEC_N_POINTS = 4
+    # Number of matching (detection) queries: DINO 900, Deformable DETR 300.
+    cfg.MODEL.DETR.NUM_QUERIES = 900
+    # How the two-stage query selection initialises the decoder queries:
+    #   "mixed"    (DINO): positions = top-k encoder proposals, content = learnable embeddings;
+    #   "proposal" (Deformable DETR two-stage): content and a fixed positional query both come from
+    #              an embedding of the top-k encoder proposals.
+    cfg.MODEL.DETR.QUERY_INIT = "mixed"
+    # DINO's look-forward-twice box update (the layer-l box loss also updates layer l-1's box head).
+    cfg.MODEL.DETR.LOOK_FORWARD_TWICE = True
+    # Share the class/box prediction heads across decoder layers (DINO: True; Deformable DETR: False).
+    cfg.MODEL.DETR.SHARE_PRED_HEADS = True
+    # Temperature of the sine positional embedding of the feature maps (DINO-4scale: 20;
+    # Deformable DETR: 10000).
+    cfg.MODEL.DETR.POS_TEMPERATURE = 20.0
+    # Detections kept per image at inference: top-k over (queries x classes) sigmoid scores.
+    # DINO: 300, Deformable DETR: 100.
+    cfg.MODEL.DETR.NUM_SELECT = 300
+    # Class-aware NMS IoU threshold applied at inference when NMS is on (a model trained with
+    # one-to-many assignment produces duplicates, see SEMIDETR.SHM). 0 disables NMS entirely.
+    cfg.MODEL.DETR.TEST_NMS_THRESH = 0.0
+
+    # Loss weights (DETR criterion). DINO: class 1, L1 5, GIoU 2. Deformable DETR: class 2.
+    cfg.MODEL.DETR.CLASS_WEIGHT = 1.0
+    cfg.MODEL.DETR.BBOX_WEIGHT = 5.0
+    cfg.MODEL.DETR.GIOU_WEIGHT = 2.0
+    # Sigmoid focal loss parameters of the classification loss and of the matching cost.
+    cfg.MODEL.DETR.FOCAL_ALPHA = 0.25
+    cfg.MODEL.DETR.FOCAL_GAMMA = 2.0
+    # Hungarian matcher costs (DINO: class 2.0, L1 5.0, GIoU 2.0).
+    cfg.MODEL.DETR.COST_CLASS = 2.0
+    cfg.MODEL.DETR.COST_BBOX = 5.0
+    cfg.MODEL.DETR.COST_GIOU = 2.0
+
+    # Contrastive denoising (DINO CDN). DN_NUMBER is the budget of denoising queries per image
+    # (groups = DN_NUMBER // max targets in the batch, each with a positive and a negative copy of
+    # every target); 0 disables denoising (Deformable DETR).
+    cfg.MODEL.DETR.DN_NUMBER = 100
+    # Probability scale of label flipping: a label is replaced by a random class with
+    # probability DN_LABEL_NOISE_RATIO * 0.5 (DINO).
+    cfg.MODEL.DETR.DN_LABEL_NOISE_RATIO = 0.5
+    # Box noise scale (lambda): positives are jittered by < lambda * half the box size, negatives by
+    # between lambda and 2 lambda.
+    cfg.MODEL.DETR.DN_BOX_NOISE_SCALE = 1.0
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # Optimizer: "ADAMW" (DINO and the official Semi-DETR code: AdamW, lr 1e-4, weight decay 1e-4),
+    # "ADAM" (the paper's text: Adam, lr 1e-3) or "SGD".
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate multiplier of the backbone parameters (DETR family: 0.1).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Learning-rate multiplier of the deformable attention's sampling-offset projections (Deformable
+    # DETR, DINO and the official Semi-DETR code: 0.1).
+    cfg.SOLVER.SAMPLING_OFFSETS_MULTIPLIER = 0.1
+    # Gradient clipping: detectron2's SOLVER.CLIP_GRADIENTS keys; CLIP_TYPE "full_model" clips the
+    # norm of all gradients together (DETR/DINO: max norm 0.1), "value"/"norm" are detectron2's
+    # per-parameter modes.
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    # Non-finite losses/gradients: the step is skipped (optimizer, scheduler and EMA teacher untouched)
+    # and logged; training stops with an error after this many skipped steps in a row.
+    cfg.SOLVER.MAX_NONFINITE_STEPS = 5
+    # Save checkpoints atomically (temporary file + rename), so a process killed while saving leaves
+    # the previous checkpoint loadable.
+    cfg.SOLVER.ATOMIC_CHECKPOINTS = True
+
+
+def _add_input_config(cfg: CN) -> None:
+    # ---------------------------------------------------------------------------------------------
+    # Views. The labeled view, the teacher's weak view and the student's strong view each draw their
+    # own shortest-edge resize from detectron2's INPUT.MIN_SIZE_TRAIN (with
+    # INPUT.MIN_SIZE_TRAIN_SAMPLING "range" or "choice", capped by INPUT.MAX_SIZE_TRAIN) and their own
+    # horizontal flip with probability INPUT.AUG.FLIP_PROB (detectron2's INPUT.RANDOM_FLIP is not read).
+    # Test images use INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST. Paper-scale defaults follow the official code
+    # (SoftTeacher's pipeline): shortest edge in [400, 1200], longest <= 1333.
+    # ---------------------------------------------------------------------------------------------
+    cfg.INPUT.AUG = CN()
+    # Probability of the horizontal flip of each view.
+    cfg.INPUT.AUG.FLIP_PROB = 0.5
+    # Colour operations; one of them, chosen uniformly, is applied to labeled images and strong views.
+    # Names: identity, autocontrast, equalize, solarize, color, contrast, brightness, sharpness,
+    # posterize (SoftTeacher's list).
+    cfg.INPUT.AUG.COLOR_OPS = [
+        "identity", "autocontrast", "equalize", "solarize", "color",
+        "contrast", "brightness", "sharpness", "posterize",
+    ]
+    # Apply one colour operation to labeled images (official: yes).
+    cfg.INPUT.AUG.LABELED_COLOR = True
+    # Magnitude range m of the colour operations, drawn uniformly per image: enhancement factors
+    # (color, contrast, brightness, sharpness) 1 +- 0.9 m, solarize threshold 256 - 256 m, posterize to
+    # 8 - round(4 m) bits; autocontrast and equalize ignore m.
+    cfg.INPUT.AUG.COLOR_MAGNITUDE = (0.0, 1.0)
+    # Geometric operations of the strong view; one of them is applied. Names: translate_x,
+    # translate_y, rotate, shear (shear in x then in y, as the official code).
+    cfg.INPUT.AUG.GEOMETRIC_OPS = ["translate_x", "translate_y", "rotate", "shear"]
+    # Translation range as a fraction of the image size (official: 0.1).
+    cfg.INPUT.AUG.TRANSLATE_FRACTION = 0.1
+    # Rotation range in degrees (official: 30).
+    cfg.INPUT.AUG.ROTATE_DEGREES = 30.0
+    # Shear range in degrees (official: 30).
+    cfg.INPUT.AUG.SHEAR_DEGREES = 30.0
+    # Random erasing on the strong view (filled with grey 125): number of rectangles (inclusive range;
+    # the official np.random.randint(1, 5) draws 1 to 4), side length as a fraction of the image side.
+    # ERASE_SQUARED: one fraction for both sides, so the rectangle has the image's aspect ratio
+    # (SoftTeacher's "squared"); False draws the height fraction independently.
+    cfg.INPUT.AUG.ERASE_COUNT = (1, 4)
+    cfg.INPUT.AUG.ERASE_SIZE = (0.0, 0.2)
+    cfg.INPUT.AUG.ERASE_SQUARED = True
+    # Boxes mapped into a view that end up smaller than this many pixels (width or height) after
+    # clipping are dropped (and counted).
+    cfg.INPUT.AUG.MIN_BOX_SIZE = 1.0
+
+
+def _add_dataset_config(cfg: CN) -> None:
+    # Unlabeled training data sets (semi-supervised training only); DATASETS.TRAIN are the labeled ones.
+    cfg.DATASETS.TRAIN_UNLABELED = ()
+    # Data sets to register before training, for data that is not under a built-in name. Each entry is
+    # "NAME=coco:JSON_FILE:IMAGE_ROOT", "NAME=voc:ROOT:SPLIT" (Pascal VOC layout) or
+    # "NAME=folder:IMAGE_DIR" (a plain folder of unlabeled images). Relative paths are resolved
+    # against DETECTRON2_DATASETS (default ./datasets). See datasets/README.md.
+    cfg.DATASETS.REGISTER = []
+
+
+def _add_semi_config(cfg: CN) -> None:
+    # ---------------------------------------------------------------------------------------------
+    # Teacher-student semi-supervised training (SemiTrainer).
+    # ---------------------------------------------------------------------------------------------
+    cfg.SEMI = CN()
+    # Train with DATASETS.TRAIN (labeled) + DATASETS.TRAIN_UNLABELED through the SemiTrainer.
+    cfg.SEMI.ENABLED = False
+    # labeled : unlabeled images in each process's batch. SOLVER.IMS_PER_BATCH is the total over all
+    # processes (detectron2 convention), split in this ratio (official: 1:4, 5 images per GPU).
+    cfg.SEMI.SAMPLE_RATIO = (1, 4)
+    # Teacher score threshold tau_s for pseudo labels (paper: 0.4).
+    cfg.SEMI.PSEUDO_SCORE_THRESH = 0.4
+    # Weight w_u of the unsupervised loss (paper: 4 for COCO-Partial and VOC, 2 for COCO-Full).
+    cfg.SEMI.UNSUP_LOSS_WEIGHT = 4.0
+    # EMA momentum m of the teacher: teacher = d * teacher + (1 - d) * student with
+    # d = min(m, 1 - 1 / (iter + 1)) (paper: 0.999).
+    cfg.SEMI.EMA_MOMENTUM = 0.999
+    # Build denoising (CDN) queries from pseudo labels too (False: denoising on labeled images only).
+    cfg.SEMI.PSEUDO_LABEL_DENOISING = True
+    # Load the ground truth of the unlabeled images for monitoring only (pseudo-label precision and
+    # recall at IoU 0.5 in the metrics). It never reaches a loss; turning it on is logged.
+    cfg.SEMI.MONITOR_UNLABELED_GT = False
+    # Every this many iterations write a PNG of weak/strong views with their pseudo boxes (0: never).
+    cfg.SEMI.VIS_PERIOD = 0
+    # Models scored by periodic evaluation (metric prefixes "teacher/" and "student/").
+    cfg.SEMI.EVAL_MODELS = ["teacher", "student"]
+    # The model scored by --eval-only: "teacher" (default) or "student".
+    cfg.SEMI.EVAL_ONLY_MODEL = "teacher"

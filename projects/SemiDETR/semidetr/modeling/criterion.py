@@ -1,0 +1,142 @@
+"""DETR-family losses: the criterion owns the loss dictionary; the matcher only assigns.
+
+Predictions arrive stacked over decoder layers, (L, N, Q, ...), so every loss term is computed for all
+layers in one vectorised pass and then reported as:
+
+    loss_{class,bbox,giou}          last decoder layer
+    loss_{class,bbox,giou}_aux      sum over the intermediate decoder layers
+    loss_{class,bbox,giou}_enc      two-stage encoder proposals
+    loss_{class,bbox,giou}_dn       denoising queries, summed over all decoder layers
+
+Each value is already multiplied by its weight (detectron2 sums the dictionary). Normalisation is by the
+number of targets averaged over processes (DETR), clamped to at least 1, so images or whole batches
+without targets give finite losses.
+"""
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from detectron2.utils import comm
+from fvcore.nn import sigmoid_focal_loss
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
+
+from .box_ops import cxcywh_to_xyxy
+from .denoising import DenoisingQueries, denoising_positive_indices
+from .matcher import Assignment
+
+__all__ = ["SetCriterion", "average_count_over_processes"]
+
+LOSS_TERMS = ("class", "bbox", "giou")
+
+
+def average_count_over_processes(count: int, device) -> Tensor:
+    """Number of targets averaged over all processes, as a tensor (no host synchronisation), >= 1.
+
+    Every process must call this the same number of times per step (it is a collective under DDP).
+    """
+    total = torch.tensor(float(count), device=device)
+    if comm.get_world_size() > 1:
+        dist.all_reduce(total)
+    return (total / comm.get_world_size()).clamp(min=1.0)
+
+
+def flatten_targets(targets: List[Dict[str, Tensor]]):
+    """Concatenate the per-image targets (the layout `Assignment.target` indexes)."""
+    labels = torch.cat([t["labels"] for t in targets])
+    boxes = torch.cat([t["boxes"].reshape(-1, 4) for t in targets])
+    return labels, boxes
+
+
+class SetCriterion(nn.Module):
+    """Sigmoid focal classification + L1 + GIoU box losses on matched predictions (Deformable DETR/DINO)."""
+
+    def __init__(self, num_classes: int, matcher: nn.Module, *, class_weight: float = 1.0,
+                 bbox_weight: float = 5.0, giou_weight: float = 2.0, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weights = {"class": class_weight, "bbox": bbox_weight, "giou": giou_weight}
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]],
+                denoising: Optional[DenoisingQueries] = None,
+                dn_targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict[str, Tensor]:
+        """outputs: "pred_logits" (L, N, Q, K), "pred_boxes" (L, N, Q, 4) normalised cxcywh; optional
+        "enc_logits"/"enc_boxes" (N, Qe, Ke) / (N, Qe, 4) (Ke == 1: class-agnostic proposals as in
+        Deformable DETR) and "dn_logits"/"dn_boxes" (L, N, P, K) / (L, N, P, 4) of the `denoising`
+        queries, which were built from `dn_targets` (default: `targets`)."""
+        device = outputs["pred_logits"].device
+        labels, boxes = flatten_targets(targets)
+        num_targets = average_count_over_processes(len(labels), device)
+        losses: Dict[str, Tensor] = {}
+
+        assignment = self.matcher(outputs["pred_logits"], outputs["pred_boxes"], targets)
+        per_layer = self.set_losses(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, assignment, num_targets)
+        for term, values in per_layer.items():
+            losses[f"loss_{term}"] = values[-1]
+            losses[f"loss_{term}_aux"] = values[:-1].sum()
+
+        if "enc_logits" in outputs:
+            enc_logits, enc_boxes = outputs["enc_logits"][None], outputs["enc_boxes"][None]
+            enc_targets = targets
+            enc_labels = labels
+            if enc_logits.shape[-1] == 1:  # class-agnostic proposals: every target is "object"
+                enc_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+                enc_labels = torch.zeros_like(labels)
+            enc_assignment = self.matcher(enc_logits, enc_boxes, enc_targets)
+            for term, values in self.set_losses(enc_logits, enc_boxes, enc_labels, boxes, enc_assignment, num_targets).items():
+                losses[f"loss_{term}_enc"] = values.sum()
+
+        if "dn_logits" in outputs:
+            losses.update(self.denoising_losses(outputs, targets if dn_targets is None else dn_targets, denoising))
+        return {name: value * self.weights[name.split("_")[1]] for name, value in losses.items()}
+
+    def denoising_losses(self, outputs, dn_targets, denoising: Optional[DenoisingQueries]):
+        """Reconstruction losses of the positive denoising queries (negatives and padded slots are
+        background for the classification loss), normalised by denoised targets x groups (DINO)."""
+        dn_logits, dn_boxes = outputs["dn_logits"], outputs["dn_boxes"]
+        labels, boxes = flatten_targets(dn_targets)
+        # Collective: called on every process whether or not it has denoising queries.
+        num_targets = average_count_over_processes(len(labels), dn_logits.device)
+        if denoising is None or len(labels) == 0:
+            # Nothing was denoised for these images (their slots are padding): no loss.
+            # Keep the dictionary's keys stable for logging; the zero depends on the outputs so the
+            # graph (and DDP's view of used parameters) is the same in every step.
+            zero = dn_logits.sum() * 0.0
+            return {f"loss_{term}_dn": zero for term in LOSS_TERMS}
+        num_layers = dn_logits.shape[0]
+        image, query, target = denoising_positive_indices(dn_targets, denoising)
+        num_pairs = image.shape[0]
+        assignment = Assignment(
+            layer=torch.arange(num_layers, device=image.device).repeat_interleave(num_pairs),
+            image=image.repeat(num_layers), query=query.repeat(num_layers), target=target.repeat(num_layers),
+            weight=torch.ones(num_layers * num_pairs, device=image.device),
+        )
+        per_layer = self.set_losses(dn_logits, dn_boxes, labels, boxes, assignment, num_targets * denoising.num_groups)
+        return {f"loss_{term}_dn": values.sum() for term, values in per_layer.items()}
+
+    def set_losses(self, logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tensor,
+                   assignment: Assignment, normalizer: Tensor) -> Dict[str, Tensor]:
+        """Per-layer losses, each of shape (L,), for predictions (L, N, Q, K) / (L, N, Q, 4)."""
+        num_layers = logits.shape[0]
+        a = assignment
+        logits = logits.float()
+        class_targets = torch.zeros_like(logits)
+        class_targets[a.layer, a.image, a.query, labels[a.target]] = a.weight
+        focal = sigmoid_focal_loss(logits, class_targets, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
+        loss_class = focal.flatten(1).sum(1) / normalizer
+
+        matched = pred_boxes[a.layer, a.image, a.query].float()
+        matched_targets = boxes[a.target]
+        l1 = (matched - matched_targets).abs().sum(-1)
+        giou = generalized_box_iou_loss(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(matched_targets), reduction="none")
+        # `0 * sum` keeps the box head in the graph when nothing is matched (a batch without targets), so
+        # every parameter receives a (zero) gradient and DDP sees the same set of used parameters on
+        # every process.
+        zeros = logits.new_zeros(num_layers) + 0.0 * pred_boxes.float().sum()
+        loss_bbox = zeros.index_add(0, a.layer, l1 * a.weight) / normalizer
+        loss_giou = zeros.index_add(0, a.layer, giou * a.weight) / normalizer
+        return {"class": loss_class, "bbox": loss_bbox, "giou": loss_giou}

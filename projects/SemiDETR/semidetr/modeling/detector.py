@@ -1,0 +1,332 @@
+"""Detectron2 meta-architectures `DeformableDETR` and `DINO`.
+
+Both wrap the same pieces (detectron2 backbone -> multi-scale projection -> deformable transformer ->
+set criterion) and differ only in configuration; `DINO` adds contrastive denoising queries.
+
+Training input: detectron2 dicts with "image" and "instances" (gt_boxes in the image's own pixel frame,
+gt_classes). Two optional keys let the semi-supervised trainer put labeled and pseudo-labeled images into
+one batch (one forward pass, one DDP synchronisation):
+    "loss_group": str  losses of the image's group are reported with the prefix "<group>_" ("" = none);
+    "denoise":    bool whether the image's targets also become denoising queries (default True).
+
+Inference: `forward` returns detectron2 `Instances` in the original image frame; `predict` returns them in
+the network-input frame (the augmented view itself), which is what a teacher labelling a view needs.
+"""
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import batched_nms
+
+from .box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
+from .criterion import SetCriterion
+from .denoising import DenoisingQueries, build_self_attention_mask, prepare_contrastive_denoising
+from .matcher import HungarianMatcher
+from .neck import MultiScaleProjection
+from .position_encoding import PositionEmbeddingSine
+from .transformer import DeformableTransformer, EncoderMemory
+
+__all__ = ["DeformableDETR", "DINO", "resolve_num_classes", "DetectorOutputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_num_classes(cfg) -> int:
+    """MODEL.DETR.NUM_CLASSES, or (when 0) the number of classes of the first training data set."""
+    if cfg.MODEL.DETR.NUM_CLASSES > 0:
+        return cfg.MODEL.DETR.NUM_CLASSES
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError("MODEL.DETR.NUM_CLASSES is 0 (take it from the data) but DATASETS.TRAIN is empty: "
+                         "set MODEL.DETR.NUM_CLASSES or DATASETS.TRAIN")
+    name = cfg.DATASETS.TRAIN[0]
+    metadata = MetadataCatalog.get(name)
+    if not metadata.get("thing_classes"):
+        DatasetCatalog.get(name)  # loaders such as detectron2's COCO json one set thing_classes on load
+    classes = MetadataCatalog.get(name).get("thing_classes")
+    if not classes:
+        raise ValueError(f"Data set {name!r} has no thing_classes in its metadata: set MODEL.DETR.NUM_CLASSES")
+    return len(classes)
+
+
+class DetectorOutputs(dict):
+    """Predictions of one forward pass, stacked over decoder layers.
+
+    Keys: "pred_logits" (L, N, Q, K), "pred_boxes" (L, N, Q, 4) normalised cxcywh of the matching
+    queries; "enc_logits"/"enc_boxes" (encoder proposals); "dn_logits"/"dn_boxes" (denoising queries,
+    empty when there are none); "hidden" (L, N, Q, C) decoder features of the matching queries.
+    """
+
+    def select_images(self, indices: Tensor) -> "DetectorOutputs":
+        """The outputs of a subset of the batch's images."""
+        selected = DetectorOutputs()
+        for key, value in self.items():
+            batch_dim = 0 if key.startswith("enc_") else 1
+            selected[key] = value.index_select(batch_dim, indices)
+        return selected
+
+
+@META_ARCH_REGISTRY.register()
+class DeformableDETR(nn.Module):
+    """Two-stage Deformable DETR with iterative box refinement (Zhu et al. 2021)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_features: List[str],
+        transformer: DeformableTransformer,
+        criterion: SetCriterion,
+        pixel_mean: Tuple[float, float, float],
+        pixel_std: Tuple[float, float, float],
+        num_select: int = 100,
+        test_nms_thresh: float = 0.0,
+        pos_temperature: float = 10000.0,
+        dn_number: int = 0,
+        dn_label_noise_ratio: float = 0.5,
+        dn_box_noise_scale: float = 1.0,
+        input_format: str = "BGR",
+    ):
+        """
+        Args:
+            backbone / in_features: a detectron2 backbone and the maps fed to the transformer.
+            transformer: the deformable transformer (with its prediction heads).
+            criterion: losses; its `num_classes` must equal the transformer's.
+            pixel_mean, pixel_std: input normalisation, in `input_format` channel order.
+            num_select: detections kept per image (top-k over queries x classes).
+            test_nms_thresh: class-aware NMS IoU threshold at inference; 0 = NMS-free.
+            dn_number, dn_label_noise_ratio, dn_box_noise_scale: contrastive denoising (0 = off).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_features = list(in_features)
+        d_model = transformer.d_model
+        shapes = backbone.output_shape()
+        missing = [f for f in self.in_features if f not in shapes]
+        if missing:
+            raise ValueError(f"MODEL.DETR.IN_FEATURES {missing} are not produced by the backbone "
+                             f"(it produces {sorted(shapes)}); check MODEL.RESNETS.OUT_FEATURES")
+        self.projection = MultiScaleProjection([shapes[f].channels for f in self.in_features], d_model,
+                                               transformer.num_feature_levels)
+        self.position_embedding = PositionEmbeddingSine(d_model // 2, temperature=pos_temperature)
+        self.transformer = transformer
+        self.criterion = criterion
+        self.num_classes = transformer.num_classes
+        self.num_select = num_select
+        self.test_nms_thresh = test_nms_thresh
+        self.input_format = input_format
+        self.dn_number = dn_number
+        self.dn_label_noise_ratio = dn_label_noise_ratio
+        self.dn_box_noise_scale = dn_box_noise_scale
+        self.label_embedding = nn.Embedding(self.num_classes, d_model) if dn_number > 0 else None
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        d = cfg.MODEL.DETR
+        num_classes = resolve_num_classes(cfg)
+        transformer = DeformableTransformer(
+            num_classes=num_classes, d_model=d.HIDDEN_DIM, nhead=d.NHEADS, num_encoder_layers=d.ENC_LAYERS,
+            num_decoder_layers=d.DEC_LAYERS, dim_feedforward=d.DIM_FEEDFORWARD, dropout=d.DROPOUT,
+            activation=d.ACTIVATION, num_feature_levels=d.NUM_FEATURE_LEVELS, enc_n_points=d.ENC_N_POINTS,
+            dec_n_points=d.DEC_N_POINTS, num_queries=d.NUM_QUERIES, query_init=d.QUERY_INIT,
+            look_forward_twice=d.LOOK_FORWARD_TWICE, share_pred_heads=d.SHARE_PRED_HEADS,
+        )
+        matcher = HungarianMatcher(cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU,
+                                   focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
+        criterion = SetCriterion(num_classes, matcher, class_weight=d.CLASS_WEIGHT, bbox_weight=d.BBOX_WEIGHT,
+                                 giou_weight=d.GIOU_WEIGHT, focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
+        return {
+            "backbone": build_backbone(cfg),
+            "in_features": d.IN_FEATURES,
+            "transformer": transformer,
+            "criterion": criterion,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "num_select": d.NUM_SELECT,
+            "test_nms_thresh": d.TEST_NMS_THRESH,
+            "pos_temperature": d.POS_TEMPERATURE,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------------------------------------
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images)
+
+    @staticmethod
+    def padding_mask(images: ImageList) -> Tensor:
+        """(N, H, W) bool, True on the padding ImageList added around each image."""
+        batch_size, _, height, width = images.tensor.shape
+        mask = torch.ones(batch_size, height, width, dtype=torch.bool, device=images.tensor.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            mask[i, :h, :w] = False
+        return mask
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
+        """Boxes in normalised (cx, cy, w, h) of each image's own (unpadded) size, as DETR expects."""
+        targets = []
+        for x, (h, w) in zip(batched_inputs, images.image_sizes):
+            instances = x["instances"].to(self.device)
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            boxes = xyxy_to_cxcywh(instances.gt_boxes.tensor.float() / scale)
+            targets.append({"labels": instances.gt_classes.long(), "boxes": boxes})
+        return targets
+
+    def extract_features(self, images: ImageList) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """Backbone + projection: the multi-scale features F, their padding masks and positions."""
+        features = self.backbone(images.tensor)
+        srcs = self.projection([features[f] for f in self.in_features])
+        image_mask = self.padding_mask(images)
+        masks = [F.interpolate(image_mask[None].float(), size=src.shape[-2:])[0].bool() for src in srcs]
+        pos = [self.position_embedding(mask).to(src.dtype) for src, mask in zip(srcs, masks)]
+        return srcs, masks, pos
+
+    def build_denoising(self, targets: List[Dict[str, Tensor]]) -> Optional[DenoisingQueries]:
+        if self.label_embedding is None or not self.training:
+            return None
+        return prepare_contrastive_denoising(
+            targets, dn_number=self.dn_number, label_noise_ratio=self.dn_label_noise_ratio,
+            box_noise_scale=self.dn_box_noise_scale, num_classes=self.num_classes,
+            label_embedding=self.label_embedding)
+
+    def forward_outputs(self, images: ImageList, dn_targets: Optional[List[Dict[str, Tensor]]] = None):
+        """Run the network. Returns (DetectorOutputs, EncoderMemory, denoising queries or None)."""
+        srcs, masks, pos = self.extract_features(images)
+        enc = self.transformer.encode(srcs, masks, pos)
+        selection = self.transformer.select_queries(enc)
+        denoising = self.build_denoising(dn_targets) if dn_targets is not None else None
+        outputs, _ = self.decode_queries(enc, selection.content, selection.reference, denoising)
+        outputs["enc_logits"], outputs["enc_boxes"] = selection.enc_logits, selection.enc_boxes
+        return outputs, enc, denoising
+
+    def decode_queries(self, enc: EncoderMemory, content: Tensor, reference: Tensor,
+                       denoising: Optional[DenoisingQueries] = None,
+                       cross_content: Optional[Tensor] = None, cross_reference: Optional[Tensor] = None):
+        """Decode [denoising | matching | cross-view] queries in one pass under the attention mask.
+
+        Returns (DetectorOutputs of the matching and denoising queries, decoder hidden states of the
+        cross-view queries (L, N, X, C) or None)."""
+        num_queries = content.shape[1]
+        num_dn = denoising.pad_size if denoising is not None else 0
+        num_cross = cross_content.shape[1] if cross_content is not None else 0
+        parts_content, parts_reference = [content], [reference]
+        if denoising is not None:
+            parts_content.insert(0, denoising.content)
+            parts_reference.insert(0, denoising.reference)
+        if num_cross:
+            parts_content.append(cross_content)
+            parts_reference.append(cross_reference)
+        mask = build_self_attention_mask(
+            denoising.num_groups if denoising is not None else 0,
+            denoising.max_targets if denoising is not None else 0, num_queries, num_cross, content.device)
+        decoded = self.transformer.decode(enc, torch.cat(parts_content, 1), torch.cat(parts_reference, 1), mask)
+
+        outputs = DetectorOutputs()
+        matching = slice(num_dn, num_dn + num_queries)
+        outputs["pred_logits"] = decoded.logits[:, :, matching]
+        outputs["pred_boxes"] = decoded.boxes[:, :, matching]
+        outputs["hidden"] = decoded.hidden[:, :, matching]
+        if self.label_embedding is not None and self.training:
+            outputs["dn_logits"] = decoded.logits[:, :, :num_dn]
+            outputs["dn_boxes"] = decoded.boxes[:, :, :num_dn]
+            if denoising is None:
+                # No target in the batch: the label embedding is unused; tie it to the graph with a zero so
+                # DDP sees the same parameters used on every process.
+                outputs["dn_logits"] = outputs["dn_logits"] + 0.0 * self.label_embedding.weight.sum()
+        cross_hidden = decoded.hidden[:, :, num_dn + num_queries:] if num_cross else None
+        return outputs, cross_hidden
+
+    # ------------------------------------------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        targets = self.prepare_targets(batched_inputs, images)
+        dn_targets = [t if x.get("denoise", True) else _empty_target(t) for x, t in zip(batched_inputs, targets)]
+        outputs, _, denoising = self.forward_outputs(images, dn_targets)
+        return self.group_losses(batched_inputs, outputs, targets, dn_targets, denoising)
+
+    def group_losses(self, batched_inputs, outputs: DetectorOutputs, targets, dn_targets, denoising) -> Dict[str, Tensor]:
+        """Criterion per loss group (see module docstring), each normalised by its own target count."""
+        groups = [x.get("loss_group", "") for x in batched_inputs]
+        losses = {}
+        for group in dict.fromkeys(groups):  # first-appearance order, identical on every process
+            index = [i for i, g in enumerate(groups) if g == group]
+            selected = outputs
+            if len(index) != len(groups):
+                selected = outputs.select_images(torch.tensor(index, device=self.device))
+            group_losses = self.criterion(selected, [targets[i] for i in index], denoising,
+                                          dn_targets=[dn_targets[i] for i in index])
+            prefix = f"{group}_" if group else ""
+            losses.update({prefix + name: value for name, value in group_losses.items()})
+        return losses
+
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+        results = self.predict(batched_inputs)
+        processed = []
+        for result, x in zip(results, batched_inputs):
+            height = x.get("height", result.image_size[0])
+            width = x.get("width", result.image_size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def predict(self, batched_inputs: List[Dict]) -> List[Instances]:
+        """Detections in the network-input frame: pixel xyxy boxes of each (unpadded) input image."""
+        images = self.preprocess_image(batched_inputs)
+        outputs, _, _ = self.forward_outputs(images)
+        return self.postprocess(outputs["pred_logits"][-1], outputs["pred_boxes"][-1], images.image_sizes)
+
+    def postprocess(self, logits: Tensor, boxes: Tensor, image_sizes) -> List[Instances]:
+        """Top-k over (query, class) pairs; optional class-aware NMS (for one-to-many trained models)."""
+        prob = logits.float().sigmoid()
+        num_classes = prob.shape[-1]
+        k = min(self.num_select, prob[0].numel())
+        scores, index = prob.flatten(1).topk(k, dim=1)
+        query = torch.div(index, num_classes, rounding_mode="floor")
+        labels = index % num_classes
+        selected = boxes.float().gather(1, query[..., None].expand(-1, -1, 4))
+        results = []
+        for i, (h, w) in enumerate(image_sizes):
+            xyxy = cxcywh_to_xyxy(selected[i]) * torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
+            score, label = scores[i], labels[i]
+            if self.test_nms_thresh > 0:
+                keep = batched_nms(xyxy, score, label, self.test_nms_thresh)
+                xyxy, score, label = xyxy[keep], score[keep], label[keep]
+            result = Instances((h, w))
+            result.pred_boxes = Boxes(xyxy)
+            result.scores = score
+            result.pred_classes = label
+            results.append(result)
+        return results
+
+
+def _empty_target(target: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    return {"labels": target["labels"][:0], "boxes": target["boxes"][:0]}
+
+
+@META_ARCH_REGISTRY.register()
+class DINO(DeformableDETR):
+    """DINO (Zhang et al. 2022): Deformable DETR + contrastive denoising, mixed query selection and
+    look-forward-twice (the last two are transformer options, set by the configs)."""
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        args = super().from_config(cfg)
+        args.update(
+            dn_number=cfg.MODEL.DETR.DN_NUMBER,
+            dn_label_noise_ratio=cfg.MODEL.DETR.DN_LABEL_NOISE_RATIO,
+            dn_box_noise_scale=cfg.MODEL.DETR.DN_BOX_NOISE_SCALE,
+        )
+        return args

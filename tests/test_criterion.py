@@ -1,0 +1,115 @@
+import math
+
+import pytest
+import torch
+
+from semidetr.modeling.criterion import SetCriterion
+from semidetr.modeling.denoising import prepare_contrastive_denoising
+from semidetr.modeling.matcher import HungarianMatcher
+
+
+def _focal(logit, target, alpha=0.25, gamma=2.0):
+    p = 1 / (1 + math.exp(-logit))
+    ce = -(target * math.log(p) + (1 - target) * math.log(1 - p))
+    p_t = p * target + (1 - p) * (1 - target)
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    return alpha_t * ce * (1 - p_t) ** gamma
+
+
+def _criterion(**weights):
+    return SetCriterion(2, HungarianMatcher(), class_weight=weights.get("c", 1.0), bbox_weight=weights.get("b", 5.0),
+                        giou_weight=weights.get("g", 2.0))
+
+
+def test_hand_computed_single_pair():
+    criterion = _criterion(c=1.0, b=1.0, g=1.0)
+    logits = torch.tensor([[[[0.5, -1.0]]]])  # (L=1, N=1, Q=1, K=2)
+    pred = torch.tensor([[[[0.5, 0.5, 0.2, 0.2]]]])  # cxcywh: box [0.4, 0.6]^2
+    target = {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.55, 0.5, 0.2, 0.2]])}  # [0.45, 0.65] x [0.4, 0.6]
+    losses = criterion({"pred_logits": logits, "pred_boxes": pred}, [target])
+    assert losses["loss_class"].item() == pytest.approx(_focal(0.5, 1) + _focal(-1.0, 0), rel=1e-5)
+    assert losses["loss_bbox"].item() == pytest.approx(0.05, rel=1e-4)
+    iou = (0.15 * 0.2) / (0.04 + 0.04 - 0.15 * 0.2)
+    enclosing = 0.25 * 0.2
+    union = 0.04 + 0.04 - 0.03
+    assert losses["loss_giou"].item() == pytest.approx(1 - (iou - (enclosing - union) / enclosing), rel=1e-4)
+    assert losses["loss_class_aux"].item() == 0.0  # a single layer has no auxiliary layers
+
+
+def test_weights_scale_the_losses():
+    outputs = {"pred_logits": torch.randn(2, 1, 5, 2), "pred_boxes": torch.rand(2, 1, 5, 4) * 0.5 + 0.25}
+    targets = [{"labels": torch.tensor([1, 0]), "boxes": torch.tensor([[0.3, 0.3, 0.1, 0.2], [0.6, 0.6, 0.2, 0.1]])}]
+    plain = _criterion(c=1.0, b=1.0, g=1.0)(outputs, targets)
+    weighted = _criterion(c=2.0, b=5.0, g=3.0)(outputs, targets)
+    for name, factor in (("class", 2.0), ("bbox", 5.0), ("giou", 3.0)):
+        for suffix in ("", "_aux"):
+            key = f"loss_{name}{suffix}"
+            assert weighted[key].item() == pytest.approx(factor * plain[key].item(), rel=1e-5)
+
+
+def test_empty_targets_are_finite_and_only_classification():
+    criterion = _criterion()
+    logits = torch.randn(3, 2, 4, 2, requires_grad=True)
+    boxes = (torch.rand(3, 2, 4, 4) * 0.5 + 0.25).requires_grad_()
+    targets = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 2
+    losses = criterion({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_bbox"].item() == 0.0 and losses["loss_giou"].item() == 0.0
+    expected_class = sum(_focal(x, 0) for x in logits[-1].flatten().tolist())  # normaliser clamps to 1
+    assert losses["loss_class"].item() == pytest.approx(expected_class, rel=1e-4)
+    sum(losses.values()).backward()
+    assert boxes.grad is not None and torch.count_nonzero(boxes.grad) == 0  # in the graph, zero gradient
+
+
+def test_class_agnostic_encoder_loss_uses_binary_targets():
+    criterion = _criterion()
+    outputs = {
+        "pred_logits": torch.randn(1, 1, 3, 2), "pred_boxes": torch.rand(1, 1, 3, 4) * 0.5 + 0.25,
+        "enc_logits": torch.randn(1, 6, 1), "enc_boxes": torch.rand(1, 6, 4) * 0.5 + 0.25,
+    }
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    losses = criterion(outputs, targets)
+    assert torch.isfinite(losses["loss_class_enc"]) and losses["loss_bbox_enc"] > 0
+
+
+def test_denoising_loss_targets_positive_queries_only():
+    torch.manual_seed(0)
+    criterion = _criterion(c=1.0, b=1.0, g=1.0)
+    targets = [{"labels": torch.tensor([1, 0]), "boxes": torch.tensor([[0.3, 0.3, 0.1, 0.2], [0.6, 0.6, 0.2, 0.1]])},
+               {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]])}]
+    embedding = torch.nn.Embedding(2, 8)
+    dn = prepare_contrastive_denoising(targets, dn_number=4, label_noise_ratio=0.0, box_noise_scale=0.0,
+                                       num_classes=2, label_embedding=embedding)
+    assert dn.num_groups == 2 and dn.max_targets == 2 and dn.pad_size == 8
+    # Perfect reconstruction of every positive slot: box losses vanish.
+    dn_boxes = torch.full((1, 2, 8, 4), 0.5)
+    for group in range(2):
+        base = group * 4
+        dn_boxes[0, 0, base:base + 2] = targets[0]["boxes"]
+        dn_boxes[0, 1, base] = targets[1]["boxes"][0]
+    outputs = {"pred_logits": torch.randn(1, 2, 3, 2), "pred_boxes": torch.rand(1, 2, 3, 4) * 0.5 + 0.25,
+               "dn_logits": torch.zeros(1, 2, 8, 2), "dn_boxes": dn_boxes}
+    losses = criterion(outputs, targets, dn)
+    assert losses["loss_bbox_dn"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_giou_dn"].item() == pytest.approx(0.0, abs=1e-4)  # torchvision eps
+    # Corrupt a negative slot: box losses unchanged (negatives are not regressed).
+    dn_boxes[0, 0, 2] = 0.9
+    losses_neg = criterion({**outputs, "dn_boxes": dn_boxes}, targets, dn)
+    assert losses_neg["loss_bbox_dn"].item() == pytest.approx(0.0, abs=1e-6)
+    # Corrupt a positive slot of group 1: now it counts, normalised by targets (3) x groups (2).
+    dn_boxes[0, 1, 4] = torch.tensor([0.5, 0.5, 0.3, 0.4])
+    losses_pos = criterion({**outputs, "dn_boxes": dn_boxes}, targets, dn)
+    assert losses_pos["loss_bbox_dn"].item() == pytest.approx(0.1 / 6, rel=1e-4)
+
+
+def test_denoising_without_denoised_targets_is_zero_but_in_graph():
+    criterion = _criterion()
+    dn_logits = torch.randn(2, 1, 4, 2, requires_grad=True)
+    outputs = {"pred_logits": torch.randn(2, 1, 3, 2), "pred_boxes": torch.rand(2, 1, 3, 4) * 0.5 + 0.25,
+               "dn_logits": dn_logits, "dn_boxes": torch.rand(2, 1, 4, 4)}
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    empty = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
+    losses = criterion(outputs, targets, None, dn_targets=empty)
+    assert losses["loss_class_dn"].item() == 0.0
+    losses["loss_class_dn"].backward()
+    assert dn_logits.grad is not None

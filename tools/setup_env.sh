@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One-command, idempotent set-up: creates .venv (Python 3.11) with pinned versions and installs
+# `semidetr` in editable mode. Re-running it is cheap: a stamp records the last successful set-up and
+# the script exits early when nothing it depends on has changed.
+#
+# detectron2 is installed from the official repository when GitHub is reachable; otherwise from the
+# PyPI re-packaging `sal-detectron2==0.7.2` (detectron2 main, about 2023; a cp310 wheel whose Python
+# code runs on 3.11). Its compiled `_C` library is removed: nothing in this project depends on it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PY_VERSION="${SEMIDETR_PYTHON:-python3.11}"
+TORCH_PIN="torch==2.14.1"
+TORCHVISION_PIN="torchvision==0.29.1"
+DETECTRON2_GIT="https://github.com/facebookresearch/detectron2.git"
+DETECTRON2_PYPI="sal-detectron2==0.7.2"
+# Pure-Python and binary dependencies (opencv headless: no X libraries on servers and CI).
+PIP_PINS=(
+  "fvcore==0.1.5.post20221221" "iopath==0.1.10" "scipy==1.17.1" "scikit-learn==1.9.1"
+  "pycocotools==2.0.11" "opencv-python-headless==5.0.0.93" "matplotlib==3.11.2" "tensorboard==2.21.0"
+  "pytest==9.2.0" "yacs==0.1.8" "PyYAML==6.0.3" "tabulate==0.10.0" "termcolor==3.3.0"
+  "cloudpickle==3.1.2" "omegaconf==2.3.1" "hydra-core==1.3.8" "Pillow==13.0.0" "tqdm==4.70.1"
+)
+
+STAMP="$VENV/.semidetr-setup-$( (cat "$0" setup.py) | sha1sum | cut -c1-12)"
+if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import detectron2, semidetr" 2>/dev/null; then
+  echo "[setup_env] .venv is up to date ($(cat "$STAMP"))"
+  exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "[setup_env] creating $VENV with $PY_VERSION"
+  "$PY_VERSION" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip setuptools wheel
+"${PIP[@]}" install -q "$TORCH_PIN" "$TORCHVISION_PIN"
+"${PIP[@]}" install -q "${PIP_PINS[@]}"
+
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if "$PY" -c "import detectron2" 2>/dev/null; then
+  D2_SOURCE="already installed ($("$PY" -c 'import detectron2; print(detectron2.__version__)'))"
+elif timeout 20 git ls-remote "$DETECTRON2_GIT" HEAD >/dev/null 2>&1 \
+    && "${PIP[@]}" install -q --no-build-isolation "git+$DETECTRON2_GIT"; then
+  D2_SOURCE="official repository $DETECTRON2_GIT"
+else
+  echo "[setup_env] GitHub unreachable (or the build failed): installing $DETECTRON2_PYPI"
+  "${PIP[@]}" install -q --no-deps --only-binary=:all: --python-version 3.10 \
+      --target "$SITE" --upgrade "$DETECTRON2_PYPI"
+  D2_SOURCE="PyPI re-packaging $DETECTRON2_PYPI"
+fi
+# A cp310 extension cannot load on 3.11; delete it so nothing can try. (An official build keeps its own.)
+find "$SITE/detectron2" -maxdepth 1 -name '_C.cpython-310-*.so' -delete
+
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+"$PY" - <<'PYEOF'
+import detectron2, torch, torchvision, semidetr
+print(f"[setup_env] torch {torch.__version__}, torchvision {torchvision.__version__}, "
+      f"detectron2 {detectron2.__version__} at {detectron2.__file__}")
+PYEOF
+echo "[setup_env] detectron2 from: $D2_SOURCE"
+echo "detectron2 from $D2_SOURCE; $(date -u +%FT%TZ)" > "$STAMP"

@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Train or evaluate DINO / Deformable DETR, supervised or semi-supervised (Semi-DETR).
+
+    python tools/train_net.py --config-file configs/quick_schedules/dino_shapes_cpu.yaml
+    python tools/train_net.py --config-file configs/DINO/dino_r50_4scale_coco.yaml --num-gpus 8
+    python tools/train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS output/model_final.pth
+
+On a machine without GPUs, --num-gpus N starts N CPU processes (gloo).
+"""
+import logging
+
+from detectron2.engine import default_argument_parser, launch
+
+from semidetr.engine.defaults import setup_cfg
+from semidetr.engine.checkpoint import last_checkpoint
+from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        # Scores the teacher of a semi-supervised checkpoint by default (SEMI.EVAL_ONLY_MODEL) and says so.
+        model = Trainer.build_model(cfg)
+        path = last_checkpoint(cfg.OUTPUT_DIR) if args.resume else cfg.MODEL.WEIGHTS
+        if not path:
+            raise ValueError("--eval-only needs weights: set MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR)")
+        which = load_weights_for_evaluation(model, path, cfg.SEMI.EVAL_ONLY_MODEL)
+        logging.getLogger("semidetr").info("--eval-only: scoring the %s weights of %s", which, path)
+        return Trainer.test(cfg, model, prefix=which)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
