@@ -165,9 +165,12 @@ def _add_dataset_config(cfg: CN) -> None:
     # Unlabeled training data sets (semi-supervised training only); DATASETS.TRAIN are the labeled ones.
     cfg.DATASETS.TRAIN_UNLABELED = ()
     # Data sets to register before training, for data that is not under a built-in name. Each entry is
-    # "NAME=coco:JSON_FILE:IMAGE_ROOT", "NAME=voc:ROOT:SPLIT" (Pascal VOC layout) or
-    # "NAME=folder:IMAGE_DIR" (a plain folder of unlabeled images). Relative paths are resolved
-    # against DETECTRON2_DATASETS (default ./datasets). See datasets/README.md.
+    # "NAME=coco:JSON_FILE:IMAGE_ROOT" (labeled COCO json), "NAME=coco_unlabeled:JSON_FILE:IMAGE_ROOT"
+    # (an image-info json without annotations), "NAME=voc:ROOT:SPLIT[:CLASS1,CLASS2,...]" (Pascal VOC
+    # layout; classes read from the XML files when not given) or "NAME=folder:IMAGE_DIR" (a plain folder
+    # of unlabeled images). Relative paths are resolved against DETECTRON2_DATASETS (default
+    # ./datasets). Splits such as "NAME.1@10" / "NAME.1@10-unlabeled" are then available by name.
+    # See datasets/README.md.
     cfg.DATASETS.REGISTER = []
 
 

@@ -1,0 +1,1 @@
+"""Data: data set registration, views (weak/strong/labeled) and loaders."""
