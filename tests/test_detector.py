@@ -70,18 +70,16 @@ def test_extra_queries_do_not_change_matching_predictions():
     images = model.preprocess_image(batch)
     targets = model.prepare_targets(batch, images)
     with torch.no_grad():
-        srcs, masks, pos = model.extract_features(images)
-        enc = model.transformer.encode(srcs, masks, pos)
-        sel = model.transformer.select_queries(enc)
-        alone, _ = model.decode_queries(enc, sel.content, sel.reference)
+        encoded = model.encode_images(images)
+        alone, _ = model.decode_queries(encoded)
         dn = prepare_contrastive_denoising(targets, dn_number=10, label_noise_ratio=0.5, box_noise_scale=1.0,
                                            num_classes=3, label_embedding=model.label_embedding)
         cross = torch.randn(2, 4, 64)
         cross_ref = torch.randn(2, 4, 4)
-        together, cross_hidden = model.decode_queries(enc, sel.content, sel.reference, dn, cross, cross_ref)
+        together, cross_hidden = model.decode_queries(encoded, dn, cross, cross_ref)
         # Each cross-view query only sees the matching queries and itself: decoding one alone gives the
         # same features as decoding it with the others.
-        _, first_alone = model.decode_queries(enc, sel.content, sel.reference, None, cross[:, :1], cross_ref[:, :1])
+        _, first_alone = model.decode_queries(encoded, None, cross[:, :1], cross_ref[:, :1])
     torch.testing.assert_close(together["pred_logits"], alone["pred_logits"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(together["pred_boxes"], alone["pred_boxes"], atol=1e-5, rtol=1e-5)
     assert cross_hidden.shape == (2, 2, 4, 64)

@@ -2,7 +2,6 @@ import itertools
 
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from semidetr.modeling.matcher import HungarianMatcher, pairwise_matching_cost, pad_targets
 

@@ -24,8 +24,10 @@ def main(args):
         path = last_checkpoint(cfg.OUTPUT_DIR) if args.resume else cfg.MODEL.WEIGHTS
         if not path:
             raise ValueError("--eval-only needs weights: set MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR)")
-        which = load_weights_for_evaluation(model, path, cfg.SEMI.EVAL_ONLY_MODEL)
-        logging.getLogger("semidetr").info("--eval-only: scoring the %s weights of %s", which, path)
+        which, stage = load_weights_for_evaluation(cfg, model, path, cfg.SEMI.EVAL_ONLY_MODEL)
+        logging.getLogger("semidetr").info(
+            "--eval-only: scoring the %s weights of %s (saved in training stage %s: %s)", which, path, stage,
+            f"class-aware NMS at IoU {model.test_nms_thresh}" if model.test_nms_thresh > 0 else "NMS-free")
         return Trainer.test(cfg, model, prefix=which)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

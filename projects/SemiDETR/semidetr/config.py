@@ -18,6 +18,7 @@ def add_semidetr_config(cfg: CN) -> None:
     _add_input_config(cfg)
     _add_dataset_config(cfg)
     _add_semi_config(cfg)
+    _add_semidetr_config(cfg)
 
 
 def _add_detr_config(cfg: CN) -> None:
@@ -191,8 +192,13 @@ def _add_semi_config(cfg: CN) -> None:
     # EMA momentum m of the teacher: teacher = d * teacher + (1 - d) * student with
     # d = min(m, 1 - 1 / (iter + 1)) (paper: 0.999).
     cfg.SEMI.EMA_MOMENTUM = 0.999
-    # Build denoising (CDN) queries from pseudo labels too (False: denoising on labeled images only).
-    cfg.SEMI.PSEUDO_LABEL_DENOISING = True
+    # Training stages ("one_to_many", "one_to_one"; see SEMIDETR.SHM) in which pseudo labels also become
+    # denoising (CDN) queries; labeled images always do. [] = denoising on labeled images only.
+    cfg.SEMI.PSEUDO_LABEL_DENOISING = ["one_to_many", "one_to_one"]
+    # Class-aware NMS IoU threshold on the teacher's pseudo labels after the score filter (0 = none). The
+    # paper has none; the official code uses 0.6, which matters while the teacher is trained one-to-many
+    # (it then predicts duplicates). The Semi-DETR configs set 0.6.
+    cfg.SEMI.PSEUDO_NMS_THRESH = 0.0
     # Load the ground truth of the unlabeled images for monitoring only (pseudo-label precision and
     # recall at IoU 0.5 in the metrics). It never reaches a loss; turning it on is logged.
     cfg.SEMI.MONITOR_UNLABELED_GT = False
@@ -202,3 +208,67 @@ def _add_semi_config(cfg: CN) -> None:
     cfg.SEMI.EVAL_MODELS = ["teacher", "student"]
     # The model scored by --eval-only: "teacher" (default) or "student".
     cfg.SEMI.EVAL_ONLY_MODEL = "teacher"
+
+
+def _add_semidetr_config(cfg: CN) -> None:
+    # ---------------------------------------------------------------------------------------------
+    # Semi-DETR's components (on top of SEMI). Each is switchable, so every row of the paper's
+    # ablations (Tables 4-8) is a config.
+    # ---------------------------------------------------------------------------------------------
+    cfg.SEMIDETR = CN()
+
+    # Stage-wise Hybrid Matching (Sec. 3.3): one-to-many assignment for the first O2M_ITERS iterations,
+    # then one-to-one Hungarian matching. The current stage is trainer state, saved in checkpoints;
+    # evaluation reads it from there.
+    cfg.SEMIDETR.SHM = CN()
+    cfg.SEMIDETR.SHM.ENABLED = False
+    # T1: iterations trained with one-to-many assignment (paper: 60k COCO-Partial, 180k COCO-Full, 40k
+    # VOC). A model stopped before T1 (or with T1 >= SOLVER.MAX_ITER, Table 7's last column) predicts
+    # duplicates and is evaluated with class-aware NMS (TEST_NMS_THRESH); after the switch it is NMS-free.
+    cfg.SEMIDETR.SHM.O2M_ITERS = 60000
+    # One-to-many assigner: "task_aligned" (the paper: top-k by s^ALPHA * IoU^BETA), or the Table 6
+    # alternatives "max_iou", "atss", "simota".
+    cfg.SEMIDETR.SHM.ASSIGNER = "task_aligned"
+    # Positives per target (official code: 13), and the exponents of the alignment metric (TOOD: 1, 6).
+    cfg.SEMIDETR.SHM.TOPK = 13
+    cfg.SEMIDETR.SHM.ALPHA = 1.0
+    cfg.SEMIDETR.SHM.BETA = 6.0
+    # Focusing parameter gamma of the stage-1 classification loss (eq. 4).
+    cfg.SEMIDETR.SHM.GAMMA = 2.0
+    # One-to-many assignment for labeled images too (official code: yes); pseudo-labeled images always.
+    cfg.SEMIDETR.SHM.APPLY_TO_LABELED = True
+    # Class-aware NMS IoU threshold at inference while the model is in the one-to-many stage.
+    cfg.SEMIDETR.SHM.TEST_NMS_THRESH = 0.7
+
+    # Cross-view Query Consistency (Sec. 3.4): RoIAlign features of pseudo boxes -> MLP -> cross-view
+    # queries decoded by the other view's model under an attention mask; consistency between the
+    # decoded embeddings of the two views.
+    cfg.SEMIDETR.CQC = CN()
+    cfg.SEMIDETR.CQC.ENABLED = False
+    # w_c of eq. 13.
+    cfg.SEMIDETR.CQC.LOSS_WEIGHT = 1.0
+    # "cosine": negative cosine similarity (eq. 11); "normalized_mse": squared distance of the
+    # L2-normalised embeddings, 2 - 2 cos (the official code's form).
+    cfg.SEMIDETR.CQC.LOSS = "cosine"
+    # RoIAlign output size (aligned, on the projected multi-scale features; FPN level rule).
+    cfg.SEMIDETR.CQC.ROI_SIZE = 7
+    # Stages with the consistency loss. The paper uses it throughout training; the official code only
+    # in the one-to-many stage (["one_to_many"]).
+    cfg.SEMIDETR.CQC.STAGES = ["one_to_many", "one_to_one"]
+    # Let the consistency loss reach the student's cross-view embeddings c_s through the (frozen) teacher
+    # decoder. Without it the teacher branch is a pure stop-gradient target and the student's
+    # cross-view projector never receives a gradient (so it stays at its initialisation).
+    cfg.SEMIDETR.CQC.GRAD_THROUGH_TEACHER = True
+
+    # Cost-based Pseudo Label Mining (Sec. 3.5): which teacher boxes feed CQC.
+    cfg.SEMIDETR.CPM = CN()
+    # "gmm" (the paper: mean+std candidates, Hungarian matching cost against the student, 2-component
+    # GMM over the batch's costs, keep costs up to the reliable component's mean), or the Table 5
+    # alternatives "fixed" (score >= SCORE_THRESH), "topk" (TOPK best scores per image), "mean_std".
+    cfg.SEMIDETR.CPM.METHOD = "gmm"
+    cfg.SEMIDETR.CPM.SCORE_THRESH = 0.4
+    cfg.SEMIDETR.CPM.TOPK = 9
+    # Matching cost weights of eq. 12 (lambda1 focal class, lambda2 GIoU, lambda3 L1).
+    cfg.SEMIDETR.CPM.COST_CLASS = 2.0
+    cfg.SEMIDETR.CPM.COST_GIOU = 2.0
+    cfg.SEMIDETR.CPM.COST_BBOX = 5.0

@@ -34,14 +34,19 @@ def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     return box_convert(boxes, in_fmt="xyxy", out_fmt="cxcywh")
 
 
+def _pairwise_coordinates(boxes1: Tensor, boxes2: Tensor):
+    # One coordinate at a time: broadcasting (..., Q, 1) against (..., 1, T) per coordinate is several
+    # times faster on CPU than broadcasting (..., Q, 1, 2) against (..., 1, T, 2) slices.
+    first = [c[..., :, None] for c in boxes1.unbind(-1)]
+    second = [c[..., None, :] for c in boxes2.unbind(-1)]
+    return first, second
+
+
 def _batched_inter_union(boxes1: Tensor, boxes2: Tensor) -> Tuple[Tensor, Tensor]:
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    top_left = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    bottom_right = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[..., :, None] + area2[..., None, :] - inter
+    (x0, y0, x1, y1), (X0, Y0, X1, Y1) = _pairwise_coordinates(boxes1, boxes2)
+    inter = (torch.minimum(x1, X1) - torch.maximum(x0, X0)).clamp(min=0) * \
+        (torch.minimum(y1, Y1) - torch.maximum(y0, Y0)).clamp(min=0)
+    union = (x1 - x0) * (y1 - y0) + (X1 - X0) * (Y1 - Y0) - inter
     return inter, union
 
 
@@ -58,8 +63,7 @@ def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-
     """Generalized IoU (Rezatofighi et al. 2019) of every pair, shapes as `batched_box_iou`."""
     inter, union = _batched_inter_union(boxes1, boxes2)
     iou = inter / union.clamp(min=eps)
-    top_left = torch.minimum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    bottom_right = torch.maximum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    enclosing = wh[..., 0] * wh[..., 1]
+    (x0, y0, x1, y1), (X0, Y0, X1, Y1) = _pairwise_coordinates(boxes1, boxes2)
+    enclosing = (torch.maximum(x1, X1) - torch.minimum(x0, X0)).clamp(min=0) * \
+        (torch.maximum(y1, Y1) - torch.minimum(y0, Y0)).clamp(min=0)
     return iou - (enclosing - union) / enclosing.clamp(min=eps)

@@ -11,6 +11,10 @@ layers in one vectorised pass and then reported as:
 Each value is already multiplied by its weight (detectron2 sums the dictionary). Normalisation is by the
 number of targets averaged over processes (DETR), clamped to at least 1, so images or whole batches
 without targets give finite losses.
+
+`assignment="one_to_many"` (Semi-DETR's stage 1, Stage-wise Hybrid Matching) replaces the Hungarian
+matching of the decoder layers and encoder proposals by a one-to-many assigner and their losses by
+eq. 4-5 (normalised by the sum of the soft targets); the denoising losses are the same in both stages.
 """
 from typing import Dict, List, Optional
 
@@ -19,11 +23,11 @@ import torch.distributed as dist
 from detectron2.utils import comm
 from fvcore.nn import sigmoid_focal_loss
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss
 
-from .box_ops import cxcywh_to_xyxy
 from .denoising import DenoisingQueries, denoising_positive_indices
+from .losses import weighted_box_losses
 from .matcher import Assignment
+from .one_to_many import OneToManyAssigner, one_to_many_losses, one_to_many_normalizer
 
 __all__ = ["SetCriterion", "average_count_over_processes"]
 
@@ -53,17 +57,23 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: nn.Module, *, class_weight: float = 1.0,
                  bbox_weight: float = 5.0, giou_weight: float = 2.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0):
+                 focal_gamma: float = 2.0, one_to_many_assigner: Optional[OneToManyAssigner] = None,
+                 one_to_many_gamma: float = 2.0):
+        """one_to_many_assigner / one_to_many_gamma: Semi-DETR's stage-1 assignment and the gamma of its
+        classification loss (eq. 4); None = one-to-one only."""
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
+        self.one_to_many_assigner = one_to_many_assigner
+        self.one_to_many_gamma = one_to_many_gamma
         self.weights = {"class": class_weight, "bbox": bbox_weight, "giou": giou_weight}
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
     def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]],
                 denoising: Optional[DenoisingQueries] = None,
-                dn_targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict[str, Tensor]:
+                dn_targets: Optional[List[Dict[str, Tensor]]] = None,
+                assignment: str = "one_to_one") -> Dict[str, Tensor]:
         """outputs: "pred_logits" (L, N, Q, K), "pred_boxes" (L, N, Q, 4) normalised cxcywh; optional
         "enc_logits"/"enc_boxes" (N, Qe, Ke) / (N, Qe, 4) (Ke == 1: class-agnostic proposals as in
         Deformable DETR) and "dn_logits"/"dn_boxes" (L, N, P, K) / (L, N, P, 4) of the `denoising`
@@ -73,8 +83,13 @@ class SetCriterion(nn.Module):
         num_targets = average_count_over_processes(len(labels), device)
         losses: Dict[str, Tensor] = {}
 
-        assignment = self.matcher(outputs["pred_logits"], outputs["pred_boxes"], targets)
-        per_layer = self.set_losses(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, assignment, num_targets)
+        if assignment not in ("one_to_one", "one_to_many"):
+            raise ValueError(f"Unknown assignment {assignment!r}: 'one_to_one' or 'one_to_many'")
+        if assignment == "one_to_many" and self.one_to_many_assigner is None:
+            raise ValueError("One-to-many assignment requested but the criterion has no one-to-many assigner "
+                             "(SEMIDETR.SHM.ENABLED is False)")
+        set_losses = self.one_to_many_set_losses if assignment == "one_to_many" else self.one_to_one_set_losses
+        per_layer = set_losses(outputs["pred_logits"], outputs["pred_boxes"], targets, labels, boxes, num_targets)
         for term, values in per_layer.items():
             losses[f"loss_{term}"] = values[-1]
             losses[f"loss_{term}_aux"] = values[:-1].sum()
@@ -86,8 +101,7 @@ class SetCriterion(nn.Module):
             if enc_logits.shape[-1] == 1:  # class-agnostic proposals: every target is "object"
                 enc_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
                 enc_labels = torch.zeros_like(labels)
-            enc_assignment = self.matcher(enc_logits, enc_boxes, enc_targets)
-            for term, values in self.set_losses(enc_logits, enc_boxes, enc_labels, boxes, enc_assignment, num_targets).items():
+            for term, values in set_losses(enc_logits, enc_boxes, enc_targets, enc_labels, boxes, num_targets).items():
                 losses[f"loss_{term}_enc"] = values.sum()
 
         if "dn_logits" in outputs:
@@ -118,25 +132,23 @@ class SetCriterion(nn.Module):
         per_layer = self.set_losses(dn_logits, dn_boxes, labels, boxes, assignment, num_targets * denoising.num_groups)
         return {f"loss_{term}_dn": values.sum() for term, values in per_layer.items()}
 
+    def one_to_one_set_losses(self, logits, pred_boxes, targets, labels, boxes, num_targets) -> Dict[str, Tensor]:
+        assignment = self.matcher(logits, pred_boxes, targets)
+        return self.set_losses(logits, pred_boxes, labels, boxes, assignment, num_targets)
+
+    def one_to_many_set_losses(self, logits, pred_boxes, targets, labels, boxes, num_targets) -> Dict[str, Tensor]:
+        assignment = self.one_to_many_assigner(logits, pred_boxes, targets)
+        # Eq. 4-5 are normalised by the sum of the soft targets (a collective, as num_targets).
+        normalizer = one_to_many_normalizer(assignment, logits.shape[0])
+        return one_to_many_losses(logits, pred_boxes, labels, boxes, assignment, normalizer, self.one_to_many_gamma)
+
     def set_losses(self, logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tensor,
                    assignment: Assignment, normalizer: Tensor) -> Dict[str, Tensor]:
         """Per-layer losses, each of shape (L,), for predictions (L, N, Q, K) / (L, N, Q, 4)."""
-        num_layers = logits.shape[0]
         a = assignment
         logits = logits.float()
         class_targets = torch.zeros_like(logits)
         class_targets[a.layer, a.image, a.query, labels[a.target]] = a.weight
         focal = sigmoid_focal_loss(logits, class_targets, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
         loss_class = focal.flatten(1).sum(1) / normalizer
-
-        matched = pred_boxes[a.layer, a.image, a.query].float()
-        matched_targets = boxes[a.target]
-        l1 = (matched - matched_targets).abs().sum(-1)
-        giou = generalized_box_iou_loss(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(matched_targets), reduction="none")
-        # `0 * sum` keeps the box head in the graph when nothing is matched (a batch without targets), so
-        # every parameter receives a (zero) gradient and DDP sees the same set of used parameters on
-        # every process.
-        zeros = logits.new_zeros(num_layers) + 0.0 * pred_boxes.float().sum()
-        loss_bbox = zeros.index_add(0, a.layer, l1 * a.weight) / normalizer
-        loss_giou = zeros.index_add(0, a.layer, giou * a.weight) / normalizer
-        return {"class": loss_class, "bbox": loss_bbox, "giou": loss_giou}
+        return {"class": loss_class, **weighted_box_losses(pred_boxes, boxes, assignment, normalizer)}

@@ -4,15 +4,20 @@ Both wrap the same pieces (detectron2 backbone -> multi-scale projection -> defo
 set criterion) and differ only in configuration; `DINO` adds contrastive denoising queries.
 
 Training input: detectron2 dicts with "image" and "instances" (gt_boxes in the image's own pixel frame,
-gt_classes). Two optional keys let the semi-supervised trainer put labeled and pseudo-labeled images into
+gt_classes). Optional keys let the semi-supervised trainer put labeled and pseudo-labeled images into
 one batch (one forward pass, one DDP synchronisation):
-    "loss_group": str  losses of the image's group are reported with the prefix "<group>_" ("" = none);
-    "denoise":    bool whether the image's targets also become denoising queries (default True).
+    "loss_group": str   losses of the image's group are reported with the prefix "<group>_" ("" = none);
+    "denoise":    bool  whether the image's targets also become denoising queries (default True);
+    "assignment": str   "one_to_one" (Hungarian, default) or "one_to_many" (Semi-DETR stage 1) for the
+                        image's group;
+    "cross_view_queries" (x, C) / "cross_view_boxes" (x, 4 pixel xyxy): Semi-DETR's cross-view queries
+                        (embeddings from the other view's model, and this view's boxes as their positions).
 
 Inference: `forward` returns detectron2 `Instances` in the original image frame; `predict` returns them in
 the network-input frame (the augmented view itself), which is what a teacher labelling a view needs.
 """
 import logging
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -22,17 +27,21 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, de
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import batched_nms
 
-from .box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
+from .box_ops import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
 from .criterion import SetCriterion
+from .cross_view import CrossViewQueryEmbedding
 from .denoising import DenoisingQueries, build_self_attention_mask, prepare_contrastive_denoising
 from .matcher import HungarianMatcher
 from .neck import MultiScaleProjection
+from .one_to_many import build_one_to_many_assigner
 from .position_encoding import PositionEmbeddingSine
-from .transformer import DeformableTransformer, EncoderMemory
+from .transformer import DeformableTransformer, EncoderMemory, QuerySelection
 
-__all__ = ["DeformableDETR", "DINO", "resolve_num_classes", "DetectorOutputs"]
+__all__ = ["DeformableDETR", "DINO", "resolve_num_classes", "DetectorOutputs", "EncodedImages", "CrossViewQueries",
+           "TrainingOutputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +80,51 @@ class DetectorOutputs(dict):
         return selected
 
 
+@dataclass
+class EncodedImages:
+    """A batch after backbone, projection, encoder and query selection: everything decoding needs."""
+
+    images: ImageList
+    srcs: List[Tensor]  # projected multi-scale features F, per level (N, C, H_l, W_l)
+    encoder: EncoderMemory  # the encoded image E
+    selection: QuerySelection  # matching queries from the encoder proposals
+
+
+@dataclass
+class CrossViewQueries:
+    """Cross-view queries of a batch, padded to the image with most: content (N, X, C), reference (N, X, 4)
+    unsigmoided cxcywh, valid (N, X)."""
+
+    content: Tensor
+    reference: Tensor
+    valid: Tensor
+
+    @staticmethod
+    def pad(contents: List[Tensor], boxes: List[Tensor]) -> "CrossViewQueries":
+        """contents: per image (x_i, C); boxes: per image (x_i, 4) normalised cxcywh in that image."""
+        content = pad_sequence(contents, batch_first=True)
+        # Padded slots get a valid box (their outputs are ignored; nothing attends to them).
+        padding_box = content.new_tensor([0.5, 0.5, 0.1, 0.1])
+        reference = pad_sequence(boxes, batch_first=True)
+        valid = pad_sequence([torch.ones(len(b), dtype=torch.bool, device=content.device) for b in boxes],
+                             batch_first=True)
+        reference = torch.where(valid[..., None], reference, padding_box)
+        return CrossViewQueries(content, inverse_sigmoid(reference), valid)
+
+
+@dataclass
+class TrainingOutputs:
+    """What a training forward returns besides the losses (`forward(..., return_outputs=True)`).
+
+    outputs: predictions of the matching/denoising queries; cross_hidden: decoder features of the
+    cross-view queries (L, N, X, C) or None; cross_embeddings: this model's own cross-view embeddings of
+    the "cross_view_boxes" (sum x_i, C), in image order, or None."""
+
+    outputs: "DetectorOutputs"
+    cross_hidden: Optional[Tensor]
+    cross_embeddings: Optional[Tensor]
+
+
 @META_ARCH_REGISTRY.register()
 class DeformableDETR(nn.Module):
     """Two-stage Deformable DETR with iterative box refinement (Zhu et al. 2021)."""
@@ -92,6 +146,7 @@ class DeformableDETR(nn.Module):
         dn_label_noise_ratio: float = 0.5,
         dn_box_noise_scale: float = 1.0,
         input_format: str = "BGR",
+        cross_view_roi_size: int = 0,
     ):
         """
         Args:
@@ -102,6 +157,7 @@ class DeformableDETR(nn.Module):
             num_select: detections kept per image (top-k over queries x classes).
             test_nms_thresh: class-aware NMS IoU threshold at inference; 0 = NMS-free.
             dn_number, dn_label_noise_ratio, dn_box_noise_scale: contrastive denoising (0 = off).
+            cross_view_roi_size: > 0 adds Semi-DETR's cross-view query embedding (RoIAlign of this size).
         """
         super().__init__()
         self.backbone = backbone
@@ -127,6 +183,11 @@ class DeformableDETR(nn.Module):
         self.label_embedding = nn.Embedding(self.num_classes, d_model) if dn_number > 0 else None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.cross_view_embedding = None
+        if cross_view_roi_size > 0:
+            strides = [shapes[f].stride for f in self.in_features]
+            strides += [strides[-1] * 2 ** (i + 1) for i in range(transformer.num_feature_levels - len(strides))]
+            self.cross_view_embedding = CrossViewQueryEmbedding(d_model, strides, cross_view_roi_size)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -141,8 +202,16 @@ class DeformableDETR(nn.Module):
         )
         matcher = HungarianMatcher(cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU,
                                    focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
+        shm = cfg.SEMIDETR.SHM
+        one_to_many = None
+        if shm.ENABLED:
+            kwargs = {"alpha": shm.ALPHA, "beta": shm.BETA}
+            if shm.ASSIGNER == "task_aligned":  # the Table 6 alternatives keep their own defaults
+                kwargs["topk"] = shm.TOPK
+            one_to_many = build_one_to_many_assigner(shm.ASSIGNER, **kwargs)
         criterion = SetCriterion(num_classes, matcher, class_weight=d.CLASS_WEIGHT, bbox_weight=d.BBOX_WEIGHT,
-                                 giou_weight=d.GIOU_WEIGHT, focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
+                                 giou_weight=d.GIOU_WEIGHT, focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA,
+                                 one_to_many_assigner=one_to_many, one_to_many_gamma=shm.GAMMA)
         return {
             "backbone": build_backbone(cfg),
             "in_features": d.IN_FEATURES,
@@ -154,6 +223,7 @@ class DeformableDETR(nn.Module):
             "test_nms_thresh": d.TEST_NMS_THRESH,
             "pos_temperature": d.POS_TEMPERATURE,
             "input_format": cfg.INPUT.FORMAT,
+            "cross_view_roi_size": cfg.SEMIDETR.CQC.ROI_SIZE if cfg.SEMIDETR.CQC.ENABLED else 0,
         }
 
     @property
@@ -201,23 +271,30 @@ class DeformableDETR(nn.Module):
             box_noise_scale=self.dn_box_noise_scale, num_classes=self.num_classes,
             label_embedding=self.label_embedding)
 
-    def forward_outputs(self, images: ImageList, dn_targets: Optional[List[Dict[str, Tensor]]] = None):
-        """Run the network. Returns (DetectorOutputs, EncoderMemory, denoising queries or None)."""
+    def encode_images(self, images: ImageList) -> EncodedImages:
         srcs, masks, pos = self.extract_features(images)
-        enc = self.transformer.encode(srcs, masks, pos)
-        selection = self.transformer.select_queries(enc)
-        denoising = self.build_denoising(dn_targets) if dn_targets is not None else None
-        outputs, _ = self.decode_queries(enc, selection.content, selection.reference, denoising)
-        outputs["enc_logits"], outputs["enc_boxes"] = selection.enc_logits, selection.enc_boxes
-        return outputs, enc, denoising
+        encoder = self.transformer.encode(srcs, masks, pos)
+        return EncodedImages(images, srcs, encoder, self.transformer.select_queries(encoder))
 
-    def decode_queries(self, enc: EncoderMemory, content: Tensor, reference: Tensor,
-                       denoising: Optional[DenoisingQueries] = None,
+    def forward_outputs(self, images: ImageList, dn_targets: Optional[List[Dict[str, Tensor]]] = None,
+                        cross: Optional[CrossViewQueries] = None):
+        """Run the network. Returns (DetectorOutputs, EncodedImages, denoising queries or None, decoder
+        features of the cross-view queries or None)."""
+        encoded = self.encode_images(images)
+        denoising = self.build_denoising(dn_targets) if dn_targets is not None else None
+        outputs, cross_hidden = self.decode_queries(
+            encoded, denoising, cross.content if cross is not None else None,
+            cross.reference if cross is not None else None)
+        outputs["enc_logits"], outputs["enc_boxes"] = encoded.selection.enc_logits, encoded.selection.enc_boxes
+        return outputs, encoded, denoising, cross_hidden
+
+    def decode_queries(self, encoded: EncodedImages, denoising: Optional[DenoisingQueries] = None,
                        cross_content: Optional[Tensor] = None, cross_reference: Optional[Tensor] = None):
         """Decode [denoising | matching | cross-view] queries in one pass under the attention mask.
 
         Returns (DetectorOutputs of the matching and denoising queries, decoder hidden states of the
         cross-view queries (L, N, X, C) or None)."""
+        content, reference = encoded.selection.content, encoded.selection.reference
         num_queries = content.shape[1]
         num_dn = denoising.pad_size if denoising is not None else 0
         num_cross = cross_content.shape[1] if cross_content is not None else 0
@@ -231,7 +308,8 @@ class DeformableDETR(nn.Module):
         mask = build_self_attention_mask(
             denoising.num_groups if denoising is not None else 0,
             denoising.max_targets if denoising is not None else 0, num_queries, num_cross, content.device)
-        decoded = self.transformer.decode(enc, torch.cat(parts_content, 1), torch.cat(parts_reference, 1), mask)
+        decoded = self.transformer.decode(encoded.encoder, torch.cat(parts_content, 1), torch.cat(parts_reference, 1),
+                                          mask)
 
         outputs = DetectorOutputs()
         matching = slice(num_dn, num_dn + num_queries)
@@ -245,18 +323,42 @@ class DeformableDETR(nn.Module):
                 # No target in the batch: the label embedding is unused; tie it to the graph with a zero so
                 # DDP sees the same parameters used on every process.
                 outputs["dn_logits"] = outputs["dn_logits"] + 0.0 * self.label_embedding.weight.sum()
-        cross_hidden = decoded.hidden[:, :, num_dn + num_queries:] if num_cross else None
+        cross_hidden = decoded.hidden[:, :, num_dn + num_queries:] if cross_content is not None else None
         return outputs, cross_hidden
 
     # ------------------------------------------------------------------------------------------------
-    def forward(self, batched_inputs: List[Dict]):
+    def forward(self, batched_inputs: List[Dict], return_outputs: bool = False):
+        """Training: the loss dictionary (and, with return_outputs, a TrainingOutputs); inference:
+        detectron2 results in the original image frame."""
         if not self.training:
             return self.inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images)
         dn_targets = [t if x.get("denoise", True) else _empty_target(t) for x, t in zip(batched_inputs, targets)]
-        outputs, _, denoising = self.forward_outputs(images, dn_targets)
-        return self.group_losses(batched_inputs, outputs, targets, dn_targets, denoising)
+        cross = self.prepare_cross_view_queries(batched_inputs, images)
+        outputs, encoded, denoising, cross_hidden = self.forward_outputs(images, dn_targets, cross)
+        losses = self.group_losses(batched_inputs, outputs, targets, dn_targets, denoising)
+        if not return_outputs:
+            return losses
+        cross_embeddings = None
+        if self.cross_view_embedding is not None:
+            boxes = [x["cross_view_boxes"].to(self.device) if "cross_view_boxes" in x else torch.zeros(0, 4, device=self.device)
+                     for x in batched_inputs]
+            cross_embeddings = self.cross_view_embedding(encoded.srcs, boxes)
+        return losses, TrainingOutputs(outputs, cross_hidden, cross_embeddings)
+
+    def prepare_cross_view_queries(self, batched_inputs: List[Dict], images: ImageList) -> Optional[CrossViewQueries]:
+        if not any("cross_view_queries" in x for x in batched_inputs):
+            return None
+        d_model = self.transformer.d_model
+        contents, boxes = [], []
+        for x, (h, w) in zip(batched_inputs, images.image_sizes):
+            contents.append(x["cross_view_queries"].to(self.device) if "cross_view_queries" in x
+                            else torch.zeros(0, d_model, device=self.device))
+            pixel_boxes = x["cross_view_boxes"].to(self.device) if "cross_view_queries" in x \
+                else torch.zeros(0, 4, device=self.device)
+            boxes.append(xyxy_to_cxcywh(pixel_boxes / pixel_boxes.new_tensor([w, h, w, h])))
+        return CrossViewQueries.pad(contents, boxes)
 
     def group_losses(self, batched_inputs, outputs: DetectorOutputs, targets, dn_targets, denoising) -> Dict[str, Tensor]:
         """Criterion per loss group (see module docstring), each normalised by its own target count."""
@@ -264,11 +366,14 @@ class DeformableDETR(nn.Module):
         losses = {}
         for group in dict.fromkeys(groups):  # first-appearance order, identical on every process
             index = [i for i, g in enumerate(groups) if g == group]
+            assignments = {batched_inputs[i].get("assignment", "one_to_one") for i in index}
+            if len(assignments) != 1:
+                raise ValueError(f"Loss group {group!r} mixes assignments {sorted(assignments)}")
             selected = outputs
             if len(index) != len(groups):
                 selected = outputs.select_images(torch.tensor(index, device=self.device))
             group_losses = self.criterion(selected, [targets[i] for i in index], denoising,
-                                          dn_targets=[dn_targets[i] for i in index])
+                                          dn_targets=[dn_targets[i] for i in index], assignment=assignments.pop())
             prefix = f"{group}_" if group else ""
             losses.update({prefix + name: value for name, value in group_losses.items()})
         return losses
@@ -282,11 +387,13 @@ class DeformableDETR(nn.Module):
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed
 
-    def predict(self, batched_inputs: List[Dict]) -> List[Instances]:
-        """Detections in the network-input frame: pixel xyxy boxes of each (unpadded) input image."""
+    def predict(self, batched_inputs: List[Dict], return_encoded: bool = False):
+        """Detections in the network-input frame: pixel xyxy boxes of each (unpadded) input image. With
+        return_encoded, also the EncodedImages (a teacher decodes cross-view queries with them later)."""
         images = self.preprocess_image(batched_inputs)
-        outputs, _, _ = self.forward_outputs(images)
-        return self.postprocess(outputs["pred_logits"][-1], outputs["pred_boxes"][-1], images.image_sizes)
+        outputs, encoded, _, _ = self.forward_outputs(images)
+        results = self.postprocess(outputs["pred_logits"][-1], outputs["pred_boxes"][-1], images.image_sizes)
+        return (results, encoded) if return_encoded else results
 
     def postprocess(self, logits: Tensor, boxes: Tensor, image_sizes) -> List[Instances]:
         """Top-k over (query, class) pairs; optional class-aware NMS (for one-to-many trained models)."""

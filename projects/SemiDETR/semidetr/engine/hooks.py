@@ -1,0 +1,43 @@
+"""Hooks of semi-supervised training: the EMA teacher update and teacher/student evaluation."""
+import logging
+from typing import Callable, Dict
+
+from detectron2.engine import HookBase
+from detectron2.engine.hooks import EvalHook
+
+from ..semi.ema import EmaUpdater, ema_decay
+
+__all__ = ["EmaTeacherHook", "TeacherStudentEvalHook"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmaTeacherHook(HookBase):
+    """After every applied step: teacher <- EMA of the student with decay min(m, 1 - 1/(iter + 1)).
+
+    Skipped steps (non-finite loss or gradient) leave the teacher untouched, like the optimizer."""
+
+    def __init__(self, updater: EmaUpdater, momentum: float):
+        self.updater = updater
+        self.momentum = momentum
+
+    def after_step(self):
+        if self.trainer._trainer.last_step_skipped:
+            return
+        self.updater.update(ema_decay(self.momentum, self.trainer.iter))
+
+
+class TeacherStudentEvalHook(EvalHook):
+    """Periodic evaluation of several models (e.g. teacher and student); each model's metrics carry its
+    name as a prefix ("teacher/bbox/AP", "student/bbox/AP")."""
+
+    def __init__(self, eval_period: int, evaluators: Dict[str, Callable[[], Dict]], eval_after_train: bool = True):
+        self.evaluators = evaluators
+        super().__init__(eval_period, self._evaluate_all, eval_after_train=eval_after_train)
+
+    def _evaluate_all(self) -> Dict:
+        results: Dict = {}
+        for name, evaluate in self.evaluators.items():
+            logger.info("Evaluating the %s", name)
+            results.update(evaluate())
+        return results

@@ -1,0 +1,133 @@
+"""`SemiTrainer`: one teacher-student step, and Semi-DETR's components where they are switched on.
+
+Each step (paper Fig. 3 and eq. 13):
+  1. the EMA teacher (eval mode, never DDP-wrapped, no gradient) predicts on the weak views;
+  2. pseudo labels: score >= tau_s (optional NMS), mapped from each weak view into its strong view;
+  3. [CQC] cross-view candidates and the teacher's embeddings c_t of them (semi/query_consistency.py);
+  4. one student forward over labeled images + strong views (loss groups "" and "unsup"), with
+     one-to-many assignment in Stage-wise Hybrid Matching's first stage, one-to-one after it;
+  5. [CQC + CPM] the teacher decodes the student's c_s; mined candidates enter the consistency loss;
+  6. L = L_sup + w_u * L_unsup (+ w_c * L_c), backward, clip, step (skipped if anything is non-finite);
+  7. hooks: EMA update of the teacher, stage switch, evaluation, checkpoints.
+"""
+import logging
+import time
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.utils import comm
+
+from ..modeling.box_ops import xyxy_to_cxcywh
+from ..semi.pseudo_labels import PseudoLabeler
+from ..semi.query_consistency import CrossViewConsistency
+from .stage import ONE_TO_MANY, ONE_TO_ONE
+from .train_loop import DetrTrainer
+
+__all__ = ["SemiTrainer", "UNSUP_PREFIX"]
+
+logger = logging.getLogger(__name__)
+
+UNSUP_PREFIX = "unsup_"
+CONSISTENCY_LOSS = "loss_consistency"
+
+
+class SemiTrainer(DetrTrainer):
+    def __init__(self, model, teacher, data_loader, optimizer, *, pseudo_labeler: PseudoLabeler,
+                 unsup_weight: float, pseudo_label_denoising_stages=(ONE_TO_MANY, ONE_TO_ONE),
+                 one_to_many_for_labeled: bool = True, consistency: Optional[CrossViewConsistency] = None,
+                 visualizer=None, vis_period: int = 0, **kwargs):
+        """
+        Args:
+            model: the student (possibly DDP-wrapped); teacher: its EMA copy (eval mode, no grad).
+            data_loader: yields (labeled batch, unlabeled batch of {"weak", "strong"} view pairs).
+            pseudo_labeler: turns teacher detections into strong-view targets.
+            unsup_weight: w_u.
+            pseudo_label_denoising_stages: stages in which pseudo labels also become denoising queries.
+            one_to_many_for_labeled: labeled images also use one-to-many assignment in stage 1.
+            consistency: Semi-DETR's cross-view query consistency with its pseudo-label miner, or None.
+            visualizer: callable(iteration, weak views, strong views, PseudoLabelBatch) writing a PNG.
+        """
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.teacher = teacher
+        self.pseudo_labeler = pseudo_labeler
+        self.unsup_weight = unsup_weight
+        self.pseudo_label_denoising_stages = tuple(pseudo_label_denoising_stages)
+        self.one_to_many_for_labeled = one_to_many_for_labeled
+        self.consistency = consistency
+        self.visualizer = visualizer
+        self.vis_period = vis_period
+        self.stage = ONE_TO_ONE  # set by the trainer (StageSwitchHook) before every step
+
+    def run_step(self):
+        assert self.model.training, "[SemiTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        labeled, unlabeled = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        self.mapper_stats.update(labeled + unlabeled)
+        weak = [pair["weak"] for pair in unlabeled]
+        strong = [pair["strong"] for pair in unlabeled]
+        consistency_on = self.consistency is not None and self.consistency.active(self.stage)
+
+        # 1. Teacher. Inference mode is cheapest, but its tensors can never enter autograd; with CQC the
+        #    teacher's encoded images are decoded again with the student's c_s (which carries gradient).
+        with torch.no_grad() if consistency_on else torch.inference_mode():
+            predictions, teacher_encoded = self.teacher.predict(weak, return_encoded=True)
+            candidates = self.consistency.candidates(self.teacher, teacher_encoded, predictions, weak, strong) \
+                if consistency_on else None
+        if not consistency_on:
+            predictions = [_clone_instances(p) for p in predictions]
+            teacher_encoded = None
+        # 2. Pseudo labels in the strong views.
+        pseudo = self.pseudo_labeler(predictions, weak, strong)
+
+        # 4. Student on labeled images + strong views.
+        assignment = self.stage
+        labeled_assignment = assignment if self.one_to_many_for_labeled else ONE_TO_ONE
+        denoise = self.stage in self.pseudo_label_denoising_stages
+        student_inputs = [{**x, "assignment": labeled_assignment} for x in labeled]
+        cross_inputs = self.consistency.student_inputs(candidates) if consistency_on else [{}] * len(strong)
+        student_inputs += [
+            {**view, **cross, "instances": labels, "loss_group": "unsup", "denoise": denoise, "assignment": assignment}
+            for view, labels, cross in zip(strong, pseudo.strong, cross_inputs)
+        ]
+        loss_dict, outputs = self.model(student_inputs, return_outputs=True)
+        loss_dict = {name: value * self.unsup_weight if name.startswith(UNSUP_PREFIX) else value
+                     for name, value in loss_dict.items()}
+        metrics = {**pseudo.metrics, **self.data_metrics()}
+
+        # 5. Cross-view consistency on the mined candidates.
+        if consistency_on:
+            unlabeled_slice = slice(len(labeled), None)
+            loss_dict[CONSISTENCY_LOSS], consistency_metrics = self.consistency.loss(
+                self.teacher, teacher_encoded, candidates, outputs.cross_hidden[:, unlabeled_slice],
+                outputs.cross_embeddings, outputs.outputs["pred_logits"][-1, unlabeled_slice],
+                outputs.outputs["pred_boxes"][-1, unlabeled_slice], _monitor_gt(strong))
+            metrics.update(consistency_metrics)
+        elif outputs.cross_embeddings is not None:
+            # A stage without CQC (official: stage 2): keep the projector in the graph for DDP.
+            loss_dict[CONSISTENCY_LOSS] = outputs.cross_embeddings.sum() * 0.0
+
+        self.apply_update(loss_dict, data_time, extra_metrics=metrics)
+        if self.visualizer is not None and self.vis_period > 0 and comm.is_main_process() \
+                and (self.iter + 1) % self.vis_period == 0:
+            self.visualizer(self.iter, weak, strong, pseudo)
+
+
+def _monitor_gt(strong_views: List[Dict]):
+    """Monitoring ground truth of the strong views (normalised cxcywh), when loaded (SEMI.MONITOR_UNLABELED_GT)."""
+    if not strong_views or not all("monitor_instances" in v for v in strong_views):
+        return None
+    classes, boxes = [], []
+    for view in strong_views:
+        h, w = view["image"].shape[-2:]
+        gt = view["monitor_instances"]
+        classes.append(gt.gt_classes)
+        boxes.append(xyxy_to_cxcywh(gt.gt_boxes.tensor / torch.tensor([w, h, w, h], dtype=torch.float32)))
+    return classes, boxes
+
+
+def _clone_instances(instances):
+    cloned = type(instances)(instances.image_size)
+    for name, value in instances.get_fields().items():
+        cloned.set(name, value.clone())
+    return cloned

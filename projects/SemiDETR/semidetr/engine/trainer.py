@@ -1,0 +1,275 @@
+"""`Trainer`: builds model(s), optimizer, data, hooks and checkpointer from a config (detectron2's
+DefaultTrainer workflow) around this project's training steps.
+
+Checkpoints hold the student ("model"), the EMA teacher ("teacher"), and under "trainer": the
+iteration, optimizer, scheduler, the training stage (Stage-wise Hybrid Matching), the data seed and the
+torch RNG state, so `--resume` continues a run exactly (batches from the resumable data streams).
+"""
+import copy
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Callable, Dict, Tuple
+
+import torch
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, inference_on_dataset, print_csv_format
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.build import build_labeled_train_loader, build_semi_train_loader
+from ..data.mappers import build_test_mapper
+from ..semi.cost_mining import PseudoLabelMiner
+from ..semi.ema import EmaUpdater
+from ..semi.pseudo_labels import PseudoLabeler
+from ..semi.query_consistency import CrossViewConsistency
+from ..semi.visualization import PseudoLabelVisualizer
+from .checkpoint import SemiDetrCheckpointer
+from .hooks import EmaTeacherHook, TeacherStudentEvalHook
+from .semi_trainer import SemiTrainer
+from .solver import build_optimizer
+from .stage import ONE_TO_ONE, StageSwitchHook, stage_at, test_nms_threshold
+from .train_loop import DetrTrainer
+
+__all__ = ["Trainer", "build_teacher", "load_weights_for_evaluation"]
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    """Supervised training of DINO / Deformable DETR, or (SEMI.ENABLED) teacher-student training with
+    Semi-DETR's components as configured (SEMIDETR.*)."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.cfg = cfg
+        self.semi = cfg.SEMI.ENABLED
+        student = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, student)
+        # The teacher is a plain module (never DDP-wrapped) in eval mode without gradients; it is made
+        # equal to the student after DDP has synchronised the student across processes (below), and again
+        # after weights are loaded (resume_or_load).
+        self.teacher = build_teacher(student) if self.semi else None
+        data_loader = build_semi_train_loader(cfg) if self.semi else self.build_train_loader(cfg)
+        model = create_ddp_model(student, broadcast_buffers=False)
+        loop_args = dict(clip_grad_norm=self.clip_grad_norm(cfg), clip_norm_type=cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE,
+                         max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS)
+        checkpointables = {}
+        if self.semi:
+            self.ema = EmaUpdater(self.teacher, student)
+            self.ema.copy_student()
+            self._trainer = SemiTrainer(
+                model, self.teacher, data_loader, optimizer, pseudo_labeler=build_pseudo_labeler(cfg),
+                unsup_weight=cfg.SEMI.UNSUP_LOSS_WEIGHT,
+                pseudo_label_denoising_stages=cfg.SEMI.PSEUDO_LABEL_DENOISING,
+                one_to_many_for_labeled=cfg.SEMIDETR.SHM.APPLY_TO_LABELED,
+                consistency=build_cross_view_consistency(cfg),
+                visualizer=PseudoLabelVisualizer(cfg) if cfg.SEMI.VIS_PERIOD > 0 else None,
+                vis_period=cfg.SEMI.VIS_PERIOD, **loop_args)
+            self.teacher_checkpointable = ModuleCheckpointable(self.teacher)
+            checkpointables["teacher"] = self.teacher_checkpointable
+        else:
+            self._trainer = DetrTrainer(model, data_loader, optimizer, **loop_args)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SemiDetrCheckpointer(
+            model, cfg.OUTPUT_DIR, atomic=cfg.SOLVER.ATOMIC_CHECKPOINTS, trainer=weakref.proxy(self),
+            **checkpointables)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.stage = ONE_TO_ONE
+        self.set_stage(stage_at(cfg, 0))
+        self.register_hooks(self.build_hooks())
+
+    # ------------------------------------------------------------------------------------------------
+    def set_stage(self, stage: str) -> None:
+        """Enter a training stage: the assignment of the training step, and whether the models predict
+        with NMS (one-to-many trained models produce duplicates)."""
+        self.stage = stage
+        if self.semi:
+            self._trainer.stage = stage
+        for model in self.models().values():
+            model.test_nms_thresh = test_nms_threshold(self.cfg, stage)
+
+    def models(self) -> Dict[str, nn.Module]:
+        student = _unwrap(self._trainer.model)
+        return {"teacher": self.teacher, "student": student} if self.semi else {"model": student}
+
+    def resume_or_load(self, resume=True):
+        """`--resume`: continue from the last checkpoint (student, teacher, optimizer, scheduler, iteration
+        and trainer state). Otherwise load MODEL.WEIGHTS (e.g. a supervised checkpoint) into the student
+        and start both models from it."""
+        super().resume_or_load(resume=resume)
+        # The data stream continues at the first iteration that has not run (0 for a new run).
+        self._trainer.data_loader.start_at(self.start_iter)
+        self.set_stage(stage_at(self.cfg, self.start_iter))
+        if self.semi and not self.teacher_checkpointable.loaded:
+            self.ema.copy_student()
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["stage"] = self.stage
+        state["data_seed"] = self._trainer.data_loader.seed
+        # DINO's denoising noise and dropout draw from torch's RNG: restoring it makes a resumed run
+        # reproduce the uninterrupted one (per process; checkpoints hold the main process's state).
+        state["torch_rng_state"] = torch.get_rng_state()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "data_seed" in state_dict:
+            self._trainer.data_loader.set_seed(state_dict["data_seed"])
+        if "torch_rng_state" in state_dict:
+            torch.set_rng_state(state_dict["torch_rng_state"])
+        if "stage" in state_dict:
+            self.set_stage(state_dict["stage"])
+
+    # ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def clip_grad_norm(cfg) -> float:
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if not clip.ENABLED:
+            return 0.0
+        if clip.CLIP_TYPE != "full_model":
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip.CLIP_TYPE!r}: this project clips the norm of "
+                             "all gradients together; use 'full_model' (or ENABLED False)")
+        return clip.CLIP_VALUE
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        logger.info("Model:\n%s", model)
+        logger.info("Parameters: %.2fM", sum(p.numel() for p in model.parameters()) / 1e6)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_labeled_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None) -> DatasetEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        # The official COCO evaluation code (pycocotools): the "fast" variant needs detectron2._C.
+        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder,
+                             use_fast_impl=False)
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [hooks.IterationTimer(), hooks.LRScheduler(), StageSwitchHook()]
+        if self.semi:
+            # Before the checkpointer and the evaluation, so both see the teacher of this iteration.
+            ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(TeacherStudentEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluation_functions()))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    def evaluation_functions(self) -> Dict[str, Callable[[], Dict]]:
+        """What periodic evaluation scores: the model, or the teacher and/or student (SEMI.EVAL_MODELS).
+        Evaluation leaves torch's RNG as it found it (its data loader would otherwise draw from it), so a
+        resumed run sees the same random numbers as an uninterrupted one."""
+        models = self.models()
+        names = list(models) if not self.semi else list(self.cfg.SEMI.EVAL_MODELS)
+        unknown = set(names) - set(models)
+        if unknown:
+            raise ValueError(f"SEMI.EVAL_MODELS has {sorted(unknown)}: use 'teacher' and/or 'student'")
+
+        def evaluate(name):
+            with torch.random.fork_rng(devices=[]):
+                return self.test(self.cfg, models[name], prefix=name if self.semi else "")
+
+        return {name: (lambda n=name: evaluate(n)) for name in names}
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None, prefix: str = ""):
+        """Evaluate `model` on DATASETS.TEST. With a `prefix` (e.g. "teacher") the results are nested under
+        it, so several models' metrics can live in one event storage ("teacher/bbox/AP")."""
+        results = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            evaluator = evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
+            result = inference_on_dataset(model, data_loader, evaluator)
+            if comm.is_main_process():
+                logger.info("Evaluation of the %s on %s (NMS IoU %s):", prefix or "model", dataset_name,
+                            getattr(model, "test_nms_thresh", 0.0) or "off")
+                print_csv_format(result)
+            results[dataset_name] = result
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return {prefix: results} if prefix else results
+
+
+def build_pseudo_labeler(cfg) -> PseudoLabeler:
+    return PseudoLabeler(cfg.SEMI.PSEUDO_SCORE_THRESH, cfg.INPUT.AUG.MIN_BOX_SIZE, cfg.SEMI.PSEUDO_NMS_THRESH)
+
+
+def build_cross_view_consistency(cfg):
+    cqc, cpm = cfg.SEMIDETR.CQC, cfg.SEMIDETR.CPM
+    if not cqc.ENABLED:
+        return None
+    miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,
+                             cost_giou=cpm.COST_GIOU, cost_bbox=cpm.COST_BBOX, focal_alpha=cfg.MODEL.DETR.FOCAL_ALPHA,
+                             focal_gamma=cfg.MODEL.DETR.FOCAL_GAMMA)
+    return CrossViewConsistency(miner, loss=cqc.LOSS, loss_weight=cqc.LOSS_WEIGHT, stages=cqc.STAGES,
+                                grad_through_teacher=cqc.GRAD_THROUGH_TEACHER, min_box_size=cfg.INPUT.AUG.MIN_BOX_SIZE)
+
+
+def build_teacher(student: nn.Module) -> nn.Module:
+    """A copy of the student that is never trained by gradients: eval mode, requires_grad False."""
+    teacher = copy.deepcopy(student)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class ModuleCheckpointable:
+    """A module as a checkpointable that remembers whether a checkpoint restored it."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.loaded = False
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.module.load_state_dict(state_dict)
+        self.loaded = True
+
+
+def load_weights_for_evaluation(cfg, model: nn.Module, path: str, which: str = "teacher") -> Tuple[str, str]:
+    """Load `path` into `model` for evaluation; `which` picks the teacher (EMA) or the student weights of a
+    semi-supervised checkpoint. The training stage saved in the checkpoint decides whether the model
+    predicts with NMS (one-to-many stage) or NMS-free. Returns (which weights: "teacher", "student" or
+    "model" for a supervised checkpoint, the stage)."""
+    if which not in ("teacher", "student"):
+        raise ValueError(f"SEMI.EVAL_ONLY_MODEL={which!r}: use 'teacher' or 'student'")
+    extra = SemiDetrCheckpointer(model).load(path, checkpointables=[])
+    stage = extra.get("trainer", {}).get("stage", ONE_TO_ONE)
+    model.test_nms_thresh = test_nms_threshold(cfg, stage)
+    if "teacher" not in extra:
+        return "model", stage
+    if which == "teacher":
+        model.load_state_dict(extra["teacher"])
+    return which, stage

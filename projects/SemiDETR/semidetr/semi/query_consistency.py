@@ -1,0 +1,159 @@
+"""Cross-view Query Consistency (Semi-DETR Sec. 3.4) with Cost-based Pseudo Label Mining (Sec. 3.5).
+
+Per step, for every unlabeled image:
+  1. candidates: teacher detections on the weak view chosen by the miner's candidate rule (CPM: score >=
+     mean + std), mapped into the strong view (boxes the mapping drops are dropped on both sides);
+  2. c_t = teacher MLP(RoIAlign(F_t, b_weak)) without gradient; the student decodes c_t as cross-view
+     queries positioned at b_strong, in the same pass as its own queries (eq. 10, bottom);
+  3. c_s = student MLP(RoIAlign(F_s, b_strong)), computed in the student's forward; the teacher decodes
+     c_s positioned at b_weak (eq. 10, top), reusing its encoded weak view;
+  4. the miner keeps the candidates whose matching cost against the student's predictions is below the
+     GMM threshold of the batch (CPM); the consistency loss (eq. 11) compares the decoded embeddings of
+     the kept candidates, at every decoder layer.
+
+The teacher's parameters never receive gradients. By default (SEMIDETR.CQC.GRAD_THROUGH_TEACHER) the
+loss reaches c_s through the teacher's frozen decoder, which is what trains the student's cross-view
+projector; otherwise the teacher's embeddings are a pure stop-gradient target.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.transforms import map_boxes
+from ..modeling.box_ops import xyxy_to_cxcywh
+from ..modeling.detector import CrossViewQueries
+from .cost_mining import PseudoLabelMiner
+
+__all__ = ["CrossViewCandidates", "CrossViewConsistency", "consistency_loss", "CONSISTENCY_LOSSES"]
+
+CONSISTENCY_LOSSES = ("cosine", "normalized_mse")
+
+
+def consistency_loss(student: Tensor, teacher: Tensor, kind: str = "cosine") -> Tensor:
+    """Consistency between decoded embeddings (L, M, C) of M boxes at L decoder layers: summed over
+    layers (like the auxiliary losses), averaged over boxes.
+
+    "cosine": 1 - cos(o_s, o_t), eq. 11 up to the constant 1 (same gradients; zero at agreement);
+    "normalized_mse": |o_s/|o_s| - o_t/|o_t||^2 = 2 - 2 cos (the official code's form).
+    No box: an exact zero that stays in the autograd graph."""
+    if kind not in CONSISTENCY_LOSSES:
+        raise ValueError(f"SEMIDETR.CQC.LOSS={kind!r} is not one of {CONSISTENCY_LOSSES}")
+    if student.shape[1] == 0:
+        return student.sum() * 0.0 + teacher.sum() * 0.0
+    cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (L, M)
+    per_box = 1.0 - cosine if kind == "cosine" else 2.0 - 2.0 * cosine
+    return per_box.sum(0).mean()
+
+
+@dataclass
+class CrossViewCandidates:
+    """Teacher boxes offered to the consistency loss, per unlabeled image (after the weak->strong mapping).
+
+    weak_boxes / strong_boxes: (x_i, 4) pixel xyxy in the weak / strong view; labels, scores: (x_i,);
+    teacher_embeddings: (x_i, C) c_t; strong_sizes / weak_sizes: (h, w) of the views."""
+
+    weak_boxes: List[Tensor]
+    strong_boxes: List[Tensor]
+    labels: List[Tensor]
+    scores: List[Tensor]
+    teacher_embeddings: List[Tensor]
+    weak_sizes: List[tuple]
+    strong_sizes: List[tuple]
+
+    @property
+    def counts(self) -> List[int]:
+        return [len(b) for b in self.strong_boxes]
+
+    def normalised_strong_boxes(self) -> List[Tensor]:
+        return [_normalise(b, size) for b, size in zip(self.strong_boxes, self.strong_sizes)]
+
+    def normalised_weak_boxes(self) -> List[Tensor]:
+        return [_normalise(b, size) for b, size in zip(self.weak_boxes, self.weak_sizes)]
+
+
+def _normalise(boxes: Tensor, size) -> Tensor:
+    h, w = size
+    return xyxy_to_cxcywh(boxes / boxes.new_tensor([w, h, w, h]))
+
+
+class CrossViewConsistency:
+    def __init__(self, miner: PseudoLabelMiner, *, loss: str = "cosine", loss_weight: float = 1.0,
+                 stages: Sequence[str] = ("one_to_many", "one_to_one"), grad_through_teacher: bool = True,
+                 min_box_size: float = 1.0):
+        if loss not in CONSISTENCY_LOSSES:
+            raise ValueError(f"SEMIDETR.CQC.LOSS={loss!r} is not one of {CONSISTENCY_LOSSES}")
+        self.miner = miner
+        self.loss_kind = loss
+        self.loss_weight = loss_weight
+        self.stages = tuple(stages)
+        self.grad_through_teacher = grad_through_teacher
+        self.min_box_size = min_box_size
+
+    def active(self, stage: str) -> bool:
+        return stage in self.stages
+
+    @torch.no_grad()
+    def candidates(self, teacher, teacher_encoded, predictions, weak_views: List[Dict],
+                   strong_views: List[Dict]) -> CrossViewCandidates:
+        """Steps 1-2: candidates from the teacher's detections (weak-view Instances) and their c_t."""
+        masks = self.miner.candidates([p.scores for p in predictions])
+        weak_boxes, strong_boxes, labels, scores = [], [], [], []
+        for prediction, mask, weak, strong in zip(predictions, masks, weak_views, strong_views):
+            selected = prediction[mask]
+            mapped, keep = map_boxes(selected.pred_boxes.tensor, weak["transform_matrix"], strong["transform_matrix"],
+                                     tuple(strong["image"].shape[-2:]), self.min_box_size)
+            weak_boxes.append(selected.pred_boxes.tensor[keep])
+            strong_boxes.append(mapped)
+            labels.append(selected.pred_classes[keep])
+            scores.append(selected.scores[keep])
+        flat = teacher.cross_view_embedding(teacher_encoded.srcs, weak_boxes)
+        embeddings = list(flat.split([len(b) for b in weak_boxes]))
+        return CrossViewCandidates(
+            weak_boxes, strong_boxes, labels, scores, embeddings,
+            weak_sizes=list(teacher_encoded.images.image_sizes),
+            strong_sizes=[tuple(s["image"].shape[-2:]) for s in strong_views])
+
+    def student_inputs(self, candidates: CrossViewCandidates) -> List[Dict]:
+        """Per unlabeled image, the keys that make the student decode c_t at the strong-view boxes and
+        embed those boxes itself (c_s)."""
+        return [{"cross_view_queries": c, "cross_view_boxes": b}
+                for c, b in zip(candidates.teacher_embeddings, candidates.strong_boxes)]
+
+    def loss(self, teacher, teacher_encoded, candidates: CrossViewCandidates, student_hidden: Tensor,
+             student_embeddings: Tensor, student_logits: Tensor, student_boxes: Tensor, monitor_gt=None):
+        """Steps 3-4. student_hidden (L, N_u, X, C): the student's decoded cross-view queries of the N_u
+        unlabeled images; student_embeddings (sum x_i, C): its c_s; student_logits / student_boxes: its
+        final predictions on those images. Returns (weighted loss, metrics)."""
+        counts = candidates.counts
+        keep, threshold, metrics = self.miner.select(
+            candidates.labels, candidates.normalised_strong_boxes(), student_logits.detach(), student_boxes.detach())
+        if monitor_gt is not None:
+            metrics.update(self.miner._precision_recall(
+                keep, candidates.labels, candidates.normalised_strong_boxes(), *monitor_gt))
+
+        own = list(student_embeddings.split(counts))
+        cross = CrossViewQueries.pad(own, candidates.normalised_weak_boxes())
+        with torch.set_grad_enabled(self.grad_through_teacher and torch.is_grad_enabled()):
+            _, teacher_hidden = teacher.decode_queries(teacher_encoded, None, cross.content, cross.reference)
+        if not self.grad_through_teacher:
+            teacher_hidden = teacher_hidden.detach()
+
+        selected = _pad_mask(keep, student_hidden.shape[2], student_hidden.device)
+        loss = consistency_loss(student_hidden[:, selected], teacher_hidden[:, selected], self.loss_kind)
+        if not self.grad_through_teacher:
+            # c_s is then outside the loss; keep the student's projector in the graph (zero gradient) so
+            # DDP sees the same used parameters in every step.
+            loss = loss + 0.0 * student_embeddings.sum()
+        metrics["cqc/boxes_per_image"] = float(sum(counts)) / max(len(counts), 1)
+        metrics["cqc/selected_per_image"] = selected.sum().float() / max(len(counts), 1)
+        return self.loss_weight * loss, metrics
+
+
+def _pad_mask(masks: List[Tensor], width: int, device) -> Tensor:
+    padded = torch.zeros(len(masks), width, dtype=torch.bool, device=device)
+    for i, mask in enumerate(masks):
+        padded[i, :len(mask)] = mask.to(device)
+    return padded
