@@ -21,3 +21,37 @@ def pytest_configure(config):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+MICRO_CLASSES = ("circle", "square", "triangle")
+
+
+@pytest.fixture(scope="session")
+def micro_shapes(tmp_path_factory):
+    """A micro synthetic data set (COCO json + images) for end-to-end runs: 24 train, 8 val images.
+
+    Returns DATASETS.REGISTER specs, so subprocesses (launch workers) register the same sets."""
+    from semidetr.data.synthetic import ShapesConfig, prepare_shapes_split
+
+    root = str(tmp_path_factory.mktemp("micro_shapes"))
+    config = ShapesConfig(classes=MICRO_CLASSES, image_size=(96, 128), objects_per_image=(1, 4),
+                          object_size=(12.0, 0.5), distractors=(0, 3))
+    specs = []
+    for split, count, seed in (("train", 24, 1), ("val", 8, 2)):
+        json_file, image_root = prepare_shapes_split(split, count, seed, config, root=root)
+        specs.append(f"micro_{split}=coco:{json_file}:{image_root}")
+    return specs
+
+
+def micro_config_args(specs, output_dir, *extra):
+    """Command-line overrides turning the CPU quick config into a seconds-long run on the micro data."""
+    return [
+        "DATASETS.REGISTER", str(list(specs)),
+        "DATASETS.TRAIN", "('micro_train',)", "DATASETS.TEST", "('micro_val',)",
+        "MODEL.DETR.HIDDEN_DIM", "64", "MODEL.DETR.NHEADS", "4", "MODEL.DETR.DIM_FEEDFORWARD", "128",
+        "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "2", "MODEL.DETR.NUM_QUERIES", "30",
+        "MODEL.DETR.NUM_SELECT", "30", "MODEL.DETR.DN_NUMBER", "10",
+        "INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "112",
+        "INPUT.MAX_SIZE_TEST", "160", "DATALOADER.NUM_WORKERS", "0", "SEED", "7", "OUTPUT_DIR", str(output_dir),
+        *extra,
+    ]

@@ -106,7 +106,9 @@ class MapperStatsAggregator:
 
     def update(self, mapped_dicts: Iterable[dict]) -> None:
         for mapped in mapped_dicts:
-            stats = mapped[MAPPER_STATS_KEY]
+            stats = mapped.get(MAPPER_STATS_KEY)
+            if stats is None:  # a loader without this project's mappers: nothing to count
+                continue
             seen = self._per_process.setdefault(stats["process"], dict.fromkeys(_COUNTER_NAMES, 0))
             for name in _COUNTER_NAMES:
                 seen[name] = max(seen[name], stats[name])

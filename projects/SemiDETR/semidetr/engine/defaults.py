@@ -8,6 +8,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_semidetr_config
+from .config_checks import check_config
 from ..data.catalog import ensure_registered, register_from_spec
 
 __all__ = ["setup_cfg", "register_config_datasets"]
@@ -36,6 +37,7 @@ def setup_cfg(args, *, for_training: bool = True):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
+    check_config(cfg, world_size=comm.get_world_size())
     register_config_datasets(cfg)
     cfg.freeze()
     if for_training:

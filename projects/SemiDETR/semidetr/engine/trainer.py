@@ -59,7 +59,9 @@ class Trainer(DefaultTrainer):
         # after weights are loaded (resume_or_load).
         self.teacher = build_teacher(student) if self.semi else None
         data_loader = build_semi_train_loader(cfg) if self.semi else self.build_train_loader(cfg)
-        model = create_ddp_model(student, broadcast_buffers=False)
+        # detectron2 pins DDP to the local GPU; a CPU process group (gloo) needs device_ids=None.
+        ddp_device = {} if student.device.type == "cuda" else {"device_ids": None}
+        model = create_ddp_model(student, broadcast_buffers=False, **ddp_device)
         loop_args = dict(clip_grad_norm=self.clip_grad_norm(cfg), clip_norm_type=cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE,
                          max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS)
         checkpointables = {}
