@@ -4,6 +4,7 @@ from typing import Callable, Dict
 
 from detectron2.engine import HookBase
 from detectron2.engine.hooks import EvalHook
+from torch.profiler import record_function
 
 from ..semi.ema import EmaUpdater, ema_decay
 
@@ -24,7 +25,8 @@ class EmaTeacherHook(HookBase):
     def after_step(self):
         if self.trainer._trainer.last_step_skipped:
             return
-        self.updater.update(ema_decay(self.momentum, self.trainer.iter))
+        with record_function("semi/ema"):
+            self.updater.update(ema_decay(self.momentum, self.trainer.iter))
 
 
 class TeacherStudentEvalHook(EvalHook):

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.utils import comm
+from torch.profiler import record_function
 
 from ..modeling.box_ops import xyxy_to_cxcywh
 from ..semi.pseudo_labels import PseudoLabeler
@@ -61,7 +62,8 @@ class SemiTrainer(DetrTrainer):
     def run_step(self):
         assert self.model.training, "[SemiTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        labeled, unlabeled = next(self._data_loader_iter)
+        with record_function("semi/data"):
+            labeled, unlabeled = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
         self.mapper_stats.update(labeled + unlabeled)
         weak = [pair["weak"] for pair in unlabeled]
@@ -71,14 +73,17 @@ class SemiTrainer(DetrTrainer):
         # 1. Teacher. Inference mode is cheapest, but its tensors can never enter autograd; with CQC the
         #    teacher's encoded images are decoded again with the student's c_s (which carries gradient).
         with torch.no_grad() if consistency_on else torch.inference_mode():
-            predictions, teacher_encoded = self.teacher.predict(weak, return_encoded=True)
-            candidates = self.consistency.candidates(self.teacher, teacher_encoded, predictions, weak, strong) \
-                if consistency_on else None
+            with record_function("semi/teacher_inference"):
+                predictions, teacher_encoded = self.teacher.predict(weak, return_encoded=True)
+            with record_function("semi/cqc_candidates"):
+                candidates = self.consistency.candidates(self.teacher, teacher_encoded, predictions, weak, strong) \
+                    if consistency_on else None
         if not consistency_on:
             predictions = [_clone_instances(p) for p in predictions]
             teacher_encoded = None
         # 2. Pseudo labels in the strong views.
-        pseudo = self.pseudo_labeler(predictions, weak, strong)
+        with record_function("semi/pseudo_labels"):
+            pseudo = self.pseudo_labeler(predictions, weak, strong)
 
         # 4. Student on labeled images + strong views.
         assignment = self.stage
@@ -90,7 +95,8 @@ class SemiTrainer(DetrTrainer):
             {**view, **cross, "instances": labels, "loss_group": "unsup", "denoise": denoise, "assignment": assignment}
             for view, labels, cross in zip(strong, pseudo.strong, cross_inputs)
         ]
-        loss_dict, outputs = self.model(student_inputs, return_outputs=True)
+        with record_function("semi/student_forward"):
+            loss_dict, outputs = self.model(student_inputs, return_outputs=True)
         loss_dict = {name: value * self.unsup_weight if name.startswith(UNSUP_PREFIX) else value
                      for name, value in loss_dict.items()}
         metrics = {**pseudo.metrics, **self.data_metrics()}
@@ -98,10 +104,11 @@ class SemiTrainer(DetrTrainer):
         # 5. Cross-view consistency on the mined candidates.
         if consistency_on:
             unlabeled_slice = slice(len(labeled), None)
-            loss_dict[CONSISTENCY_LOSS], consistency_metrics = self.consistency.loss(
-                self.teacher, teacher_encoded, candidates, outputs.cross_hidden[:, unlabeled_slice],
-                outputs.cross_embeddings, outputs.outputs["pred_logits"][-1, unlabeled_slice],
-                outputs.outputs["pred_boxes"][-1, unlabeled_slice], _monitor_gt(strong))
+            with record_function("semi/cqc_loss"):
+                loss_dict[CONSISTENCY_LOSS], consistency_metrics = self.consistency.loss(
+                    self.teacher, teacher_encoded, candidates, outputs.cross_hidden[:, unlabeled_slice],
+                    outputs.cross_embeddings, outputs.outputs["pred_logits"][-1, unlabeled_slice],
+                    outputs.outputs["pred_boxes"][-1, unlabeled_slice], _monitor_gt(strong))
             metrics.update(consistency_metrics)
         elif outputs.cross_embeddings is not None:
             # A stage without CQC (official: stage 2): keep the projector in the graph for DDP.

@@ -17,6 +17,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
+from torch.profiler import record_function
 
 from ..data.mappers import MapperStatsAggregator
 
@@ -50,10 +51,12 @@ class DetrTrainer(SimpleTrainer):
     def run_step(self):
         assert self.model.training, "[DetrTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        with record_function("step/data"):
+            data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
         self.mapper_stats.update(data)
-        loss_dict = self.model(data)
+        with record_function("step/forward"):
+            loss_dict = self.model(data)
         self.apply_update(loss_dict, data_time, extra_metrics=self.data_metrics())
 
     DATA_METRICS_PERIOD = 20
@@ -75,17 +78,20 @@ class DetrTrainer(SimpleTrainer):
         """Backward, clip, and step if everything is finite. Returns whether the step was applied."""
         losses = sum(loss_dict.values())
         self.optimizer.zero_grad(set_to_none=True)
-        losses.backward()
+        with record_function("step/backward"):
+            losses.backward()
         self.after_backward()
-        grad_norm = self._clip_and_measure_gradients()
-        finite = self._all_processes_finite(losses, grad_norm)
+        with record_function("step/clip_and_check"):
+            grad_norm = self._clip_and_measure_gradients()
+            finite = self._all_processes_finite(losses, grad_norm)
         self.last_step_skipped = not finite
         if finite:
             self.nonfinite_in_a_row = 0
             self._write_metrics(loss_dict, data_time)
             if comm.is_main_process():
                 self._write_extra_metrics({"grad_norm": grad_norm, **(extra_metrics or {})})
-            self.optimizer.step()
+            with record_function("step/optimizer"):
+                self.optimizer.step()
         else:
             self._handle_nonfinite_step(loss_dict, grad_norm)
         return finite

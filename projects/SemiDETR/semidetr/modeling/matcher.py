@@ -13,6 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
+from torch.profiler import record_function
 
 from .box_ops import batched_generalized_box_iou, cxcywh_to_xyxy
 
@@ -113,6 +114,7 @@ class HungarianMatcher(nn.Module):
         self.focal_gamma = focal_gamma
 
     @torch.no_grad()
+    @record_function("matching/hungarian")
     def forward(self, pred_logits: Tensor, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]) -> Assignment:
         """pred_logits (L, N, Q, K) and pred_boxes (L, N, Q, 4) for L prediction layers (or without the
         leading L); targets per image {"labels": (n,), "boxes": (n, 4) normalised cxcywh}."""

@@ -50,6 +50,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.utils import comm
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from .box_ops import batched_box_iou, cxcywh_to_xyxy
 from .losses import weighted_box_losses
@@ -200,6 +201,7 @@ class OneToManyAssigner(nn.Module, abc.ABC):
         """(candidates (L, N, Q, T) bool, preference (L, N, Q, T)); padded targets are masked later."""
 
     @torch.no_grad()
+    @record_function("matching/one_to_many")
     def forward(self, pred_logits: Tensor, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]) -> Assignment:
         if pred_logits.dim() == 3:
             pred_logits, pred_boxes = pred_logits[None], pred_boxes[None]

@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
+from torch.profiler import record_function
 
 from ..modeling.box_ops import cxcywh_to_xyxy
 from ..modeling.matcher import pad_targets, pairwise_matching_cost
@@ -235,6 +236,7 @@ class PseudoLabelMiner:
         return [mean_std_candidates(s) for s in teacher_scores]
 
     @torch.no_grad()
+    @record_function("semi/cpm_mining")
     def select(self, candidate_labels: Sequence[Tensor], candidate_boxes: Sequence[Tensor],
                student_logits: Optional[Tensor] = None, student_boxes: Optional[Tensor] = None):
         """Which candidates are kept: (per image (n_i,) masks, threshold, metrics). Only "gmm" judges the

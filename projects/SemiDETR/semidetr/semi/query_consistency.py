@@ -21,6 +21,7 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from ..data.transforms import map_boxes
 from ..modeling.box_ops import xyxy_to_cxcywh
@@ -136,7 +137,8 @@ class CrossViewConsistency:
 
         own = list(student_embeddings.split(counts))
         cross = CrossViewQueries.pad(own, candidates.normalised_weak_boxes())
-        with torch.set_grad_enabled(self.grad_through_teacher and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.grad_through_teacher and torch.is_grad_enabled()), \
+                record_function("semi/cqc_teacher_decode"):
             _, teacher_hidden = teacher.decode_queries(teacher_encoded, None, cross.content, cross.reference)
         if not self.grad_through_teacher:
             teacher_hidden = teacher_hidden.detach()
