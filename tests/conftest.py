@@ -17,6 +17,28 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:.*torch.jit.script.*:FutureWarning")
 
 
+@pytest.fixture
+def unique_name():
+    """Makes unique data-set names; unregisters them (and their splits) after the test."""
+    import uuid
+
+    from detectron2.data import DatasetCatalog
+
+    from semidetr.data.catalog import unregister_dataset
+
+    created = []
+
+    def make(prefix: str = "t") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        created.append(name)
+        return name
+
+    yield make
+    for registered in list(DatasetCatalog.keys()):
+        if any(registered.startswith(name) for name in created):
+            unregister_dataset(registered)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

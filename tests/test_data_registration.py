@@ -2,7 +2,6 @@
 unlabeled sets and their monitoring ground truth, built-in names."""
 import json
 import os
-import uuid
 
 import pytest
 import torch
@@ -21,20 +20,6 @@ from semidetr.data.synthetic import SHAPE_CLASSES
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture
-def unique_name():
-    """Makes unique data-set names; unregisters them (and their splits) after the test."""
-    created = []
-
-    def make(prefix: str = "t") -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        created.append(name)
-        return name
-
-    yield make
-    for registered in list(DatasetCatalog.keys()):
-        if any(registered.startswith(name) for name in created):
-            D.unregister_dataset(registered)
 
 
 def write_voc(root, images, splits):

@@ -3,7 +3,6 @@ clear error naming the file, or skipped/repaired with one warning per kind and a
 import json
 import logging
 import os
-import uuid
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -14,19 +13,6 @@ from semidetr.data import datasets as D
 from semidetr.data.validation import DataIssues, sanitize_annotations
 
 
-@pytest.fixture
-def unique_name():
-    created = []
-
-    def make(prefix: str = "bad") -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        created.append(name)
-        return name
-
-    yield make
-    for registered in list(DatasetCatalog.keys()):
-        if any(registered.startswith(name) for name in created):
-            D.unregister_dataset(registered)
 
 
 def write_voc(root, images, splits, image_sizes=None, skip_images=(), raw_xml=None):

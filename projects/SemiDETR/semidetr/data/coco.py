@@ -19,7 +19,7 @@ from .validation import (
     DatasetError,
     check_image_files,
     require_images,
-    sanitize_annotations,
+    validate_labeled_dicts,
 )
 
 __all__ = [
@@ -137,15 +137,9 @@ def load_coco_dicts(
     issues = DataIssues(dataset_name, source=f"COCO json file '{json_file}'")
     if verify_sizes is None:
         verify_sizes = len(dataset_dicts) <= MAX_IMAGES_TO_VERIFY
-    dataset_dicts = check_image_files(dataset_dicts, issues, verify_sizes=verify_sizes)
-    require_images(
-        dataset_dicts,
-        f"COCO json file '{json_file}' (images under '{image_root}')",
-        f"All its images were skipped ({issues.as_dict()}); check the image root.",
-    )
-    sanitize_annotations(dataset_dicts, issues, duplicate_iou_thresh)
-    issues.report()
-    return dataset_dicts
+    return validate_labeled_dicts(
+        dataset_dicts, issues, f"COCO json file '{json_file}' (images under '{image_root}')",
+        "check the image root.", verify_sizes=verify_sizes, duplicate_iou_thresh=duplicate_iou_thresh)
 
 
 def load_coco_image_list(json_file: str, image_root: str, dataset_name: Optional[str] = None) -> List[dict]:

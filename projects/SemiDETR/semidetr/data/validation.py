@@ -59,6 +59,7 @@ __all__ = [
     "check_image_files",
     "sanitize_annotations",
     "require_images",
+    "validate_labeled_dicts",
     "store_data_issues",
 ]
 
@@ -384,3 +385,14 @@ def sanitize_annotations(
         if num > 0 and not kept:
             issues.add("no_annotations", record["file_name"])
         record["annotations"] = kept
+
+
+def validate_labeled_dicts(dataset_dicts: List[dict], issues: "DataIssues", source: str, fix: str, *,
+                           verify_sizes: bool, duplicate_iou_thresh: float) -> List[dict]:
+    """The checks every labeled loader ends with: image files (and sizes), at least one image left
+    (else an error naming `source` and `fix`), box sanitising, and one report of what was skipped."""
+    dataset_dicts = check_image_files(dataset_dicts, issues, verify_sizes=verify_sizes)
+    require_images(dataset_dicts, source, f"All its images were skipped ({issues.as_dict()}); {fix}")
+    sanitize_annotations(dataset_dicts, issues, duplicate_iou_thresh)
+    issues.report()
+    return dataset_dicts

@@ -31,7 +31,7 @@ from .validation import (
     check_image_files,
     is_image_file,
     require_images,
-    sanitize_annotations,
+    validate_labeled_dicts,
 )
 
 __all__ = [
@@ -260,15 +260,9 @@ def load_voc_dicts(
                 "annotations": annotations,
             }
         )
-    dataset_dicts = check_image_files(dataset_dicts, issues, verify_sizes=True)
-    require_images(
-        dataset_dicts,
-        f"VOC split '{split}' of '{root}'",
-        f"All its images were skipped ({issues.as_dict()}); check the root and its JPEGImages folder.",
-    )
-    sanitize_annotations(dataset_dicts, issues, duplicate_iou_thresh)
-    issues.report()
-    return dataset_dicts
+    return validate_labeled_dicts(
+        dataset_dicts, issues, f"VOC split '{split}' of '{root}'", "check the root and its JPEGImages folder.",
+        verify_sizes=True, duplicate_iou_thresh=duplicate_iou_thresh)
 
 
 def load_voc_image_list(root: str, split: str, dataset_name: Optional[str] = None) -> List[dict]:
