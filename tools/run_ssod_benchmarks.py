@@ -6,7 +6,8 @@ For each setting (embedded data with 10% labels, BCCD with 10% and 50%) and each
   2. from that checkpoint, --iters more iterations of each row:
        sup-only | SSOD baseline | + SHM | + SHM + CQC (mean+std candidates) | + SHM + CQC + CPM (Semi-DETR)
      (T1 = half of --iters for the SHM rows);
-  3. the ceiling: supervised training with 100% of the labels for --burn-in + --iters iterations.
+  3. the ceiling: supervised training with 100% of the labels for --burn-in + --iters iterations (one per
+     full labeled set and seed, shared by the settings that use it).
 Every row evaluates its final model (the teacher for semi-supervised rows) with COCO-style AP.
 Results: <out>/results.json and a markdown table on stdout (and <out>/results.md), with the share of the
 sup-only -> 100%-labels gap that each row closes.
@@ -80,7 +81,9 @@ def run_setting(setting, seed, args, pool):
     root = os.path.join(args.out, setting, f"seed{seed}")
     common = ["SEED", str(seed), "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "1"]
     threads = max(1, args.threads // args.jobs)
-    jobs = {"ceiling": pool.submit(run_training, sup_config, os.path.join(root, "ceiling"),
+    # The ceiling depends on the full labeled set and the seed only: bccd10 and bccd50 share theirs.
+    ceiling = os.path.join(args.out, f"ceiling_{full}", f"seed{seed}")
+    jobs = {"ceiling": pool.submit(run_training, sup_config, ceiling,
                                    [*common, "DATASETS.TRAIN", f"('{full}',)", "SOLVER.MAX_ITER",
                                     str(args.burn_in + args.iters), "SOLVER.CHECKPOINT_PERIOD",
                                     str(args.burn_in + args.iters)], threads)}

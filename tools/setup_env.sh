@@ -24,9 +24,38 @@ PIP_PINS=(
   "cloudpickle==3.1.2" "omegaconf==2.3.1" "hydra-core==1.3.8" "Pillow==13.0.0" "tqdm==4.70.1"
 )
 
+# Opt-in extras, installed on top of the default set-up and outside its stamp (the stamp records the
+# default set-up only; neither the test suite nor training needs an extra):
+#   SEMIDETR_EXTRAS=benchmark bash tools/setup_env.sh
+#     benchmark: Hugging Face `transformers` (DeformableDetrForObjectDetection, random init, nothing
+#                downloaded), the reference detector of tools/benchmark.py, with its direct dependencies.
+BENCHMARK_PINS=(
+  "transformers==5.23.0" "huggingface_hub==2.4.0" "tokenizers==0.23.3" "safetensors==0.8.0" "regex==2026.11.15"
+)
+install_extras() {
+  local extras="${SEMIDETR_EXTRAS:-}" extra
+  for extra in ${extras//,/ }; do
+    case "$extra" in
+      benchmark)
+        if "$VENV/bin/python" -c "import sys, transformers; sys.exit(transformers.__version__ != '${BENCHMARK_PINS[0]#*==}')" 2>/dev/null; then
+          echo "[setup_env] extra 'benchmark': ${BENCHMARK_PINS[0]} already installed"
+        else
+          echo "[setup_env] extra 'benchmark': installing ${BENCHMARK_PINS[*]}"
+          "$VENV/bin/python" -m pip --disable-pip-version-check install -q "${BENCHMARK_PINS[@]}"
+        fi
+        ;;
+      *)
+        echo "[setup_env] unknown SEMIDETR_EXTRAS entry '$extra' (known: benchmark)" >&2
+        exit 1
+        ;;
+    esac
+  done
+}
+
 STAMP="$VENV/.semidetr-setup-$( (cat "$0" setup.py) | sha1sum | cut -c1-12)"
 if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import detectron2, semidetr" 2>/dev/null; then
   echo "[setup_env] .venv is up to date ($(cat "$STAMP"))"
+  install_extras
   exit 0
 fi
 
@@ -63,3 +92,4 @@ print(f"[setup_env] torch {torch.__version__}, torchvision {torchvision.__versio
 PYEOF
 echo "[setup_env] detectron2 from: $D2_SOURCE"
 echo "detectron2 from $D2_SOURCE; $(date -u +%FT%TZ)" > "$STAMP"
+install_extras

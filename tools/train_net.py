@@ -11,12 +11,18 @@ import logging
 
 from detectron2.engine import default_argument_parser, launch
 
-from semidetr.engine.defaults import setup_cfg
+from semidetr.engine.defaults import setup_cfg, shutdown_distributed
 from semidetr.engine.checkpoint import last_checkpoint
 from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
 
 
 def main(args):
+    result = train_or_evaluate(args)
+    shutdown_distributed()
+    return result
+
+
+def train_or_evaluate(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         # Scores the teacher of a semi-supervised checkpoint by default (SEMI.EVAL_ONLY_MODEL) and says so.

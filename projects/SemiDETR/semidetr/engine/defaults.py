@@ -11,7 +11,7 @@ from ..config import add_semidetr_config
 from .config_checks import check_config
 from ..data.catalog import ensure_registered, register_from_spec
 
-__all__ = ["setup_cfg", "register_config_datasets"]
+__all__ = ["setup_cfg", "register_config_datasets", "shutdown_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +45,15 @@ def setup_cfg(args, *, for_training: bool = True):
         # detectron2 sets up its own loggers; this project's modules log under "semidetr".
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="semidetr", abbrev_name="semidetr")
     return cfg
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down once every rank is done.
+
+    detectron2's launch() leaves it alive until interpreter exit, where gloo's worker threads can be destroyed
+    while still joinable (the C++ runtime then aborts the rank with "terminate called without an active
+    exception" after a successful run). Called at the end of a normal run only: after an exception the other
+    ranks may never reach the barrier."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        comm.synchronize()
+        torch.distributed.destroy_process_group()

@@ -28,6 +28,7 @@ from .denoising import DenoisingQueries, denoising_positive_indices
 from .losses import weighted_box_losses
 from .matcher import Assignment
 from .one_to_many import OneToManyAssigner, one_to_many_losses, one_to_many_normalizer
+from .tensor_utils import small_tensor
 
 __all__ = ["SetCriterion", "average_count_over_processes"]
 
@@ -39,7 +40,7 @@ def average_count_over_processes(count: int, device) -> Tensor:
 
     Every process must call this the same number of times per step (it is a collective under DDP).
     """
-    total = torch.tensor(float(count), device=device)
+    total = small_tensor(float(count), torch.float32, device)
     if comm.get_world_size() > 1:
         dist.all_reduce(total)
     return (total / comm.get_world_size()).clamp(min=1.0)

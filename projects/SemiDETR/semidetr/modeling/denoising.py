@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .box_ops import inverse_sigmoid
+from .tensor_utils import small_tensor
 
 __all__ = [
     "DenoisingQueries",
@@ -148,7 +149,7 @@ def denoising_positive_indices(targets: List[Dict[str, Tensor]], dn: DenoisingQu
     """
     device = dn.content.device
     counts = [len(t["labels"]) for t in targets]
-    offsets = torch.tensor([0] + counts[:-1], device=device).cumsum(0)
+    offsets = small_tensor([0] + counts[:-1], torch.long, device).cumsum(0)
     batch_index = torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(counts)])
     slot_in_image = torch.cat([torch.arange(n, device=device) for n in counts])
     group_start = torch.arange(dn.num_groups, device=device) * (2 * dn.max_targets)

@@ -38,6 +38,7 @@ from .matcher import HungarianMatcher
 from .neck import MultiScaleProjection
 from .one_to_many import build_one_to_many_assigner
 from .position_encoding import PositionEmbeddingSine
+from .tensor_utils import small_tensor
 from .transformer import DeformableTransformer, EncoderMemory, QuerySelection
 
 __all__ = ["DeformableDETR", "DINO", "resolve_num_classes", "DetectorOutputs", "EncodedImages", "CrossViewQueries",
@@ -247,9 +248,9 @@ class DeformableDETR(nn.Module):
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
         """Boxes in normalised (cx, cy, w, h) of each image's own (unpadded) size, as DETR expects."""
         targets = []
-        for x, (h, w) in zip(batched_inputs, images.image_sizes):
+        scales = small_tensor([[w, h, w, h] for h, w in images.image_sizes], torch.float32, self.device)
+        for x, scale in zip(batched_inputs, scales):
             instances = x["instances"].to(self.device)
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
             boxes = xyxy_to_cxcywh(instances.gt_boxes.tensor.float() / scale)
             targets.append({"labels": instances.gt_classes.long(), "boxes": boxes})
         return targets
@@ -371,7 +372,7 @@ class DeformableDETR(nn.Module):
                 raise ValueError(f"Loss group {group!r} mixes assignments {sorted(assignments)}")
             selected = outputs
             if len(index) != len(groups):
-                selected = outputs.select_images(torch.tensor(index, device=self.device))
+                selected = outputs.select_images(small_tensor(index, torch.long, self.device))
             group_losses = self.criterion(selected, [targets[i] for i in index], denoising,
                                           dn_targets=[dn_targets[i] for i in index], assignment=assignments.pop())
             prefix = f"{group}_" if group else ""
@@ -404,10 +405,11 @@ class DeformableDETR(nn.Module):
         query = torch.div(index, num_classes, rounding_mode="floor")
         labels = index % num_classes
         selected = boxes.float().gather(1, query[..., None].expand(-1, -1, 4))
+        scales = small_tensor([[w, h, w, h] for h, w in image_sizes], torch.float32, boxes.device)
+        pixel_boxes = cxcywh_to_xyxy(selected) * scales[:, None, :]
         results = []
         for i, (h, w) in enumerate(image_sizes):
-            xyxy = cxcywh_to_xyxy(selected[i]) * torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
-            score, label = scores[i], labels[i]
+            xyxy, score, label = pixel_boxes[i], scores[i], labels[i]
             if self.test_nms_thresh > 0:
                 keep = batched_nms(xyxy, score, label, self.test_nms_thresh)
                 xyxy, score, label = xyxy[keep], score[keep], label[keep]

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .tensor_utils import small_tensor
+
 __all__ = [
     "MSDeformAttn",
     "ms_deform_attn",
@@ -329,23 +331,27 @@ class MSDeformAttn(nn.Module):
     def _sampling_locations(
         self, reference_points: Tensor, sampling_offsets: Tensor, shapes: Tuple[Tuple[int, int], ...]
     ) -> Tensor:
-        """(N, Lq, M, L, P, 2) normalised sampling locations (Deformable DETR's formulas, same op order)."""
+        """(N, Lq, M, L, P, 2) normalised sampling locations (Deformable DETR's formulas).
+
+        Each formula is one fused multiply-add (`addcmul`) over the offsets, the largest tensor of the
+        encoder's attention (N x S x M x L x P x 2): a division and an addition (2-d references), or two
+        products, a division and an addition (boxes), would each be a full pass over it. Multiplying by
+        1 / W instead of dividing by W changes a location by at most one rounding."""
         if reference_points.shape[-1] == 2:
-            # Offsets are in pixels of each level: divide by the level's (W, H). The normaliser is at
-            # least float32 so that half-precision offsets do not round it (bfloat16 cannot hold 334).
-            offset_normalizer = _small_tensor(
-                [(width, height) for height, width in shapes],
+            # Offsets are in pixels of each level: scale by the level's (1 / W, 1 / H). The scale is at
+            # least float32 so that half-precision offsets do not round it (bfloat16 cannot hold 1 / 334).
+            inverse_size = small_tensor(
+                [(1.0 / width, 1.0 / height) for height, width in shapes],
                 dtype=_sampling_dtype(sampling_offsets),
                 device=sampling_offsets.device,
             )
-            return (
-                reference_points[:, :, None, :, None, :]
-                + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+            return torch.addcmul(
+                reference_points[:, :, None, :, None, :], sampling_offsets, inverse_size[None, None, None, :, None, :]
             )
-        return (
-            reference_points[:, :, None, :, None, :2]
-            + sampling_offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
-        )
+        # Offsets are in units of half the box over the number of points: location = centre +
+        # offset * (w, h) * 0.5 / P.
+        half_extent = reference_points[:, :, None, :, None, 2:] * (0.5 / self.num_points)
+        return torch.addcmul(reference_points[:, :, None, :, None, :2], sampling_offsets, half_extent)
 
     def _check_inputs(
         self,
@@ -475,12 +481,3 @@ def _check_core_inputs(
 def _sampling_dtype(*tensors: Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32 (half precision is sampled in float32)."""
     return torch.float64 if any(tensor.dtype == torch.float64 for tensor in tensors) else torch.float32
-
-
-def _small_tensor(data: Sequence, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A tensor of a few python numbers on `device`, without synchronising host and device.
-
-    `torch.tensor(data, device=cuda)` is a blocking copy, which waits for the stream to drain; a
-    non-blocking copy from pageable memory returns once the driver has staged the bytes, without waiting.
-    """
-    return torch.tensor(data, dtype=dtype).to(device, non_blocking=True)

@@ -55,6 +55,7 @@ from torch.profiler import record_function
 from .box_ops import batched_box_iou, cxcywh_to_xyxy
 from .losses import weighted_box_losses
 from .matcher import Assignment, pad_targets
+from .tensor_utils import small_tensor
 
 __all__ = [
     "PairwiseQuality",
@@ -177,7 +178,7 @@ def resolve_and_normalise(pairs: PairwiseQuality, candidates: Tensor, preference
     max_iou = slots.scatter_reduce(0, slot, iou, "amax")
     weight = metric / (max_metric[slot] + SOFT_TARGET_EPS) * max_iou[slot]
 
-    first_target_of_image = torch.tensor([0] + counts[:-1], device=target.device).cumsum(0)
+    first_target_of_image = small_tensor([0] + counts[:-1], torch.long, target.device).cumsum(0)
     return Assignment(layer, image, query, target + first_target_of_image[image], weight)
 
 
