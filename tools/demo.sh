@@ -18,10 +18,16 @@ echo "[demo] Semi-DETR on shapes (10% labeled), ${ITERS} iterations on the CPU -
 "$PY" tools/train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT" SOLVER.MAX_ITER "$ITERS" \
     SEMIDETR.SHM.O2M_ITERS "$((ITERS / 2))" SOLVER.CHECKPOINT_PERIOD "$ITERS" TEST.EVAL_PERIOD 0 \
     SEMI.EVAL_MODELS "['teacher']" SEMI.VIS_PERIOD "$((ITERS / 2))" SEED 1 2>&1 \
-    | grep --line-buffered -E "iter: |Evaluation|AP|copypaste|stage|Saving" || true
+    | { grep --line-buffered -E "iter: |Evaluation|AP|copypaste|stage|Saving|Error" || true; }
 
 echo "[demo] predictions of the teacher on 8 validation images -> ${OUT}/predictions"
 VAL_IMAGES="$("$PY" -c "from semidetr.data.synthetic import prepare_shapes_split; import os; j, r = prepare_shapes_split('val'); print(os.path.join(r, 'images'))")"
-"$PY" tools/infer.py --config-file "$CONFIG" --weights "$OUT/model_final.pth" \
-    --input $(ls "$VAL_IMAGES"/*.jpg | head -8) --output "$OUT/predictions" --score-threshold 0.3
+# The full log (it starts with the model's structure) goes to a file; the summary lines are shown.
+if ! "$PY" tools/infer.py --config-file "$CONFIG" --weights "$OUT/model_final.pth" \
+    --input $(ls "$VAL_IMAGES"/*.jpg | head -8) --output "$OUT/predictions" --score-threshold 0.3 \
+    > "$OUT/infer.log" 2>&1; then
+  tail -30 "$OUT/infer.log"
+  exit 1
+fi
+grep -E "semidetr.infer" "$OUT/infer.log"
 echo "[demo] done: AP table above; pictures in $OUT/predictions and pseudo labels in $OUT/pseudo_labels"
