@@ -18,7 +18,7 @@ from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
 
 def main(args):
     result = train_or_evaluate(args)
-    shutdown_distributed()
+    shutdown_distributed()  # in a launch()ed worker: barrier, tear-down and exit here
     return result
 
 
