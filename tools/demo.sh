@@ -3,7 +3,7 @@
 # the synthetic "shapes" data with 10% of the images labeled, on the CPU, for a few minutes; evaluation
 # of the teacher (COCO AP table) and PNGs of its predictions under output/demo/.
 #
-#   bash tools/demo.sh                 # DEMO_ITERS=300 iterations (about 5 minutes on 2 cores)
+#   bash tools/demo.sh                 # DEMO_ITERS=300 iterations (about 7 minutes on 2 idle cores)
 #   DEMO_ITERS=2000 bash tools/demo.sh # longer: see BENCHMARKS.md for the AP it reaches
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +18,7 @@ echo "[demo] Semi-DETR on shapes (10% labeled), ${ITERS} iterations on the CPU -
 "$PY" tools/train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT" SOLVER.MAX_ITER "$ITERS" \
     SEMIDETR.SHM.O2M_ITERS "$((ITERS / 2))" SOLVER.CHECKPOINT_PERIOD "$ITERS" TEST.EVAL_PERIOD 0 \
     SEMI.EVAL_MODELS "['teacher']" SEMI.VIS_PERIOD "$((ITERS / 2))" SEED 1 2>&1 \
-    | { grep --line-buffered -E "iter: |Evaluation|AP|copypaste|stage|Saving|Error" || true; }
+    | { grep --line-buffered -E "eta: |Evaluation of|copypaste|training stage|Saving checkpoint|Error" || true; }
 
 echo "[demo] predictions of the teacher on 8 validation images -> ${OUT}/predictions"
 VAL_IMAGES="$("$PY" -c "from semidetr.data.synthetic import prepare_shapes_split; import os; j, r = prepare_shapes_split('val'); print(os.path.join(r, 'images'))")"
@@ -30,4 +30,4 @@ if ! "$PY" tools/infer.py --config-file "$CONFIG" --weights "$OUT/model_final.pt
   exit 1
 fi
 grep -E "semidetr.infer" "$OUT/infer.log"
-echo "[demo] done: AP table above; pictures in $OUT/predictions and pseudo labels in $OUT/pseudo_labels"
+echo "[demo] done: AP (copypaste line) above; pictures in $OUT/predictions and pseudo labels in $OUT/pseudo_labels"
