@@ -49,11 +49,10 @@ def setup_cfg(args, *, for_training: bool = True):
     return cfg
 
 
-def shutdown_distributed() -> bool:
+def shutdown_distributed() -> None:
     """End a successful launch()ed worker: barrier, destroy the process group, flush and leave.
 
-    Returns False (and does nothing) in a single process. In a worker of detectron2's launch() it does not
-    return: the interpreter's finalisation there sometimes aborts the process ("terminate called without an
+    Does nothing in a single process. In a worker of detectron2's launch() it does not return: the interpreter's finalisation there sometimes aborts the process ("terminate called without an
     active exception": torch/gloo C++ threads destroyed while joinable at exit, about 1 run in 10 on CPU)
     after all the work is done, which fails the whole job. Everything a run writes is closed by then
     (checkpoints are written atomically, the trainer's writers are closed in after_train), so the worker
@@ -61,7 +60,7 @@ def shutdown_distributed() -> bool:
     normal run only: after an exception the other ranks may never reach the barrier, and the error must
     propagate."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return False
+        return
     comm.synchronize()
     torch.distributed.destroy_process_group()
     logging.shutdown()
