@@ -113,3 +113,35 @@ def test_denoising_without_denoised_targets_is_zero_but_in_graph():
     assert losses["loss_class_dn"].item() == 0.0
     losses["loss_class_dn"].backward()
     assert dn_logits.grad is not None
+
+
+@pytest.mark.parametrize("assignment", ["one_to_one", "one_to_many"])
+def test_zero_image_weight_removes_an_image_without_targets(assignment):
+    """SEMI.IMAGES_WITHOUT_PSEUDO_LABELS "ignore": an image with no targets and weight 0 adds nothing to any
+    term (decoder, encoder, denoising), so the losses equal those of the batch without it; weight 1 trains
+    its queries as background (the official behaviour), which changes the classification terms."""
+    from semidetr.modeling.one_to_many import TaskAlignedOneToManyAssigner
+
+    torch.manual_seed(0)
+    criterion = SetCriterion(2, HungarianMatcher(), one_to_many_assigner=TaskAlignedOneToManyAssigner(topk=2))
+    targets = [{"labels": torch.tensor([1, 0]), "boxes": torch.tensor([[0.3, 0.3, 0.1, 0.2], [0.6, 0.6, 0.2, 0.1]])},
+               {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
+    dn = prepare_contrastive_denoising(targets, dn_number=4, label_noise_ratio=0.0, box_noise_scale=0.1,
+                                       num_classes=2, label_embedding=torch.nn.Embedding(2, 8))
+    outputs = {"pred_logits": torch.randn(3, 2, 6, 2), "pred_boxes": torch.rand(3, 2, 6, 4) * 0.5 + 0.25,
+               "enc_logits": torch.randn(2, 6, 2), "enc_boxes": torch.rand(2, 6, 4) * 0.5 + 0.25,
+               "dn_logits": torch.randn(3, 2, dn.pad_size, 2), "dn_boxes": torch.rand(3, 2, dn.pad_size, 4)}
+    first = {name: value[:, :1] if name in ("pred_logits", "pred_boxes", "dn_logits", "dn_boxes") else value[:1]
+             for name, value in outputs.items()}
+    alone = criterion(first, targets[:1], dn, assignment=assignment)
+    ignored = criterion(outputs, targets, dn, assignment=assignment, image_weights=torch.tensor([1.0, 0.0]))
+    background = criterion(outputs, targets, dn, assignment=assignment, image_weights=torch.tensor([1.0, 1.0]))
+    default = criterion(outputs, targets, dn, assignment=assignment)
+    assert set(ignored) == set(alone)
+    for name in alone:
+        torch.testing.assert_close(ignored[name], alone[name], msg=name)
+        torch.testing.assert_close(background[name], default[name], msg=name)
+    for name in ("loss_class", "loss_class_aux", "loss_class_enc", "loss_class_dn"):
+        assert background[name] > ignored[name], name
+    for name in ("loss_bbox", "loss_giou", "loss_bbox_enc", "loss_bbox_dn"):
+        torch.testing.assert_close(background[name], ignored[name], msg=name)

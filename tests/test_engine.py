@@ -108,17 +108,27 @@ def test_stage_decides_nms_at_evaluation(micro_shapes, tmp_path):
     assert model.test_nms_thresh == 0.0
 
 
-def test_semi_step_without_pseudo_labels(micro_shapes, tmp_path):
+@pytest.mark.parametrize("policy", ["background", "ignore"])
+def test_semi_step_without_pseudo_labels(micro_shapes, tmp_path, policy):
     """A threshold no teacher score reaches: every unlabeled image has zero pseudo labels; the step is
-    well defined (finite losses, unsupervised box losses exactly zero)."""
+    well defined (finite losses, unsupervised box losses exactly zero). "background" (official) trains
+    their queries as background; "ignore" makes their whole unsupervised loss zero."""
     out = tmp_path / "zero"
     _run(SSOD_CONFIG, _semi_args(micro_shapes, out, "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0",
-                                 "DATASETS.TEST", "()", "SEMI.PSEUDO_SCORE_THRESH", "0.999"))
+                                 "DATASETS.TEST", "()", "SEMI.PSEUDO_SCORE_THRESH", "0.999",
+                                 "SEMI.IMAGES_WITHOUT_PSEUDO_LABELS", policy))
     metrics = [json.loads(line) for line in open(out / "metrics.json")]
     last = metrics[-1]
     assert last["pseudo/labels_per_image"] == 0
     assert last["unsup_loss_bbox"] == 0 and last["unsup_loss_giou"] == 0
     assert all(isinstance(v, (int, float)) and v == v for v in last.values())  # no NaN
+    # Decoder, auxiliary layers, encoder proposals (no denoising queries: nothing to denoise).
+    unsup_class = [last[k] for k in ("unsup_loss_class", "unsup_loss_class_aux", "unsup_loss_class_enc")]
+    assert last["unsup_loss_class_dn"] == 0
+    if policy == "ignore":
+        assert all(value == 0 for value in unsup_class)
+    else:
+        assert all(value > 0 for value in unsup_class)
 
 
 @pytest.mark.parametrize("semi", [False, True], ids=["supervised", "ssod"])

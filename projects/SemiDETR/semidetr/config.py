@@ -199,6 +199,11 @@ def _add_semi_config(cfg: CN) -> None:
     # paper has none; the official code uses 0.6, which matters while the teacher is trained one-to-many
     # (it then predicts duplicates). The Semi-DETR configs set 0.6.
     cfg.SEMI.PSEUDO_NMS_THRESH = 0.0
+    # What an unlabeled image without pseudo labels (no teacher box >= tau_s) contributes:
+    #   "background": every query is trained as background (the official code: the DINO loss with no
+    #                 targets); while the teacher is weak this pushes down the scores of real objects;
+    #   "ignore":     nothing (classification weight 0; its box losses are zero anyway).
+    cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS = "background"
     # Load the ground truth of the unlabeled images for monitoring only (pseudo-label precision and
     # recall at IoU 0.5 in the metrics). It never reaches a loss; turning it on is logged.
     cfg.SEMI.MONITOR_UNLABELED_GT = False

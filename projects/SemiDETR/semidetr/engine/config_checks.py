@@ -5,6 +5,7 @@ from ..data.build import semi_batch_sizes
 from ..modeling.one_to_many import ONE_TO_MANY_ASSIGNERS
 from ..semi.cost_mining import MINING_METHODS
 from ..semi.query_consistency import CONSISTENCY_LOSSES
+from .semi_trainer import IMAGES_WITHOUT_PSEUDO_LABELS
 from .stage import STAGES
 
 __all__ = ["check_config"]
@@ -50,6 +51,9 @@ def _semi_errors(cfg, world_size: int):
         errors.append(f"SEMI.EMA_MOMENTUM={cfg.SEMI.EMA_MOMENTUM} must lie in [0, 1)")
     if cfg.SEMI.UNSUP_LOSS_WEIGHT < 0:
         errors.append(f"SEMI.UNSUP_LOSS_WEIGHT={cfg.SEMI.UNSUP_LOSS_WEIGHT} must be >= 0")
+    if cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS not in IMAGES_WITHOUT_PSEUDO_LABELS:
+        errors.append(f"SEMI.IMAGES_WITHOUT_PSEUDO_LABELS={cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS!r} must be one of "
+                      f"{list(IMAGES_WITHOUT_PSEUDO_LABELS)}")
     if not cfg.DATASETS.TRAIN_UNLABELED:
         errors.append("SEMI.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty: name the unlabeled data sets")
     for key, values in (("SEMI.PSEUDO_LABEL_DENOISING", cfg.SEMI.PSEUDO_LABEL_DENOISING),

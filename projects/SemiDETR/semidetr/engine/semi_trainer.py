@@ -24,19 +24,21 @@ from ..semi.query_consistency import CrossViewConsistency
 from .stage import ONE_TO_MANY, ONE_TO_ONE
 from .train_loop import DetrTrainer
 
-__all__ = ["SemiTrainer", "UNSUP_PREFIX"]
+__all__ = ["SemiTrainer", "UNSUP_PREFIX", "IMAGES_WITHOUT_PSEUDO_LABELS"]
 
 logger = logging.getLogger(__name__)
 
 UNSUP_PREFIX = "unsup_"
 CONSISTENCY_LOSS = "loss_consistency"
+# SEMI.IMAGES_WITHOUT_PSEUDO_LABELS -> classification-loss weight of such an unlabeled image.
+IMAGES_WITHOUT_PSEUDO_LABELS = {"background": 1.0, "ignore": 0.0}
 
 
 class SemiTrainer(DetrTrainer):
     def __init__(self, model, teacher, data_loader, optimizer, *, pseudo_labeler: PseudoLabeler,
                  unsup_weight: float, pseudo_label_denoising_stages=(ONE_TO_MANY, ONE_TO_ONE),
                  one_to_many_for_labeled: bool = True, consistency: Optional[CrossViewConsistency] = None,
-                 visualizer=None, vis_period: int = 0, **kwargs):
+                 images_without_pseudo_labels: str = "background", visualizer=None, vis_period: int = 0, **kwargs):
         """
         Args:
             model: the student (possibly DDP-wrapped); teacher: its EMA copy (eval mode, no grad).
@@ -46,6 +48,8 @@ class SemiTrainer(DetrTrainer):
             pseudo_label_denoising_stages: stages in which pseudo labels also become denoising queries.
             one_to_many_for_labeled: labeled images also use one-to-many assignment in stage 1.
             consistency: Semi-DETR's cross-view query consistency with its pseudo-label miner, or None.
+            images_without_pseudo_labels: "background" (official: all their queries are trained as
+                background) or "ignore" (they add no unsupervised loss), see IMAGES_WITHOUT_PSEUDO_LABELS.
             visualizer: callable(iteration, weak views, strong views, PseudoLabelBatch) writing a PNG.
         """
         super().__init__(model, data_loader, optimizer, **kwargs)
@@ -55,6 +59,10 @@ class SemiTrainer(DetrTrainer):
         self.pseudo_label_denoising_stages = tuple(pseudo_label_denoising_stages)
         self.one_to_many_for_labeled = one_to_many_for_labeled
         self.consistency = consistency
+        if images_without_pseudo_labels not in IMAGES_WITHOUT_PSEUDO_LABELS:
+            raise ValueError(f"images_without_pseudo_labels={images_without_pseudo_labels!r}: use one of "
+                             f"{list(IMAGES_WITHOUT_PSEUDO_LABELS)}")
+        self.empty_image_class_weight = IMAGES_WITHOUT_PSEUDO_LABELS[images_without_pseudo_labels]
         self.visualizer = visualizer
         self.vis_period = vis_period
         self.stage = ONE_TO_ONE  # set by the trainer (StageSwitchHook) before every step
@@ -92,7 +100,8 @@ class SemiTrainer(DetrTrainer):
         student_inputs = [{**x, "assignment": labeled_assignment} for x in labeled]
         cross_inputs = self.consistency.student_inputs(candidates) if consistency_on else [{}] * len(strong)
         student_inputs += [
-            {**view, **cross, "instances": labels, "loss_group": "unsup", "denoise": denoise, "assignment": assignment}
+            {**view, **cross, "instances": labels, "loss_group": "unsup", "denoise": denoise, "assignment": assignment,
+             "class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}
             for view, labels, cross in zip(strong, pseudo.strong, cross_inputs)
         ]
         with record_function("semi/student_forward"):

@@ -74,6 +74,7 @@ class Trainer(DefaultTrainer):
                 pseudo_label_denoising_stages=cfg.SEMI.PSEUDO_LABEL_DENOISING,
                 one_to_many_for_labeled=cfg.SEMIDETR.SHM.APPLY_TO_LABELED,
                 consistency=build_cross_view_consistency(cfg),
+                images_without_pseudo_labels=cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS,
                 visualizer=PseudoLabelVisualizer(cfg) if cfg.SEMI.VIS_PERIOD > 0 else None,
                 vis_period=cfg.SEMI.VIS_PERIOD, **loop_args)
             self.teacher_checkpointable = ModuleCheckpointable(self.teacher)

@@ -25,7 +25,7 @@ from fvcore.nn import sigmoid_focal_loss
 from torch import Tensor, nn
 
 from .denoising import DenoisingQueries, denoising_positive_indices
-from .losses import weighted_box_losses
+from .losses import weight_images, weighted_box_losses
 from .matcher import Assignment
 from .one_to_many import OneToManyAssigner, one_to_many_losses, one_to_many_normalizer
 from .tensor_utils import small_tensor
@@ -74,11 +74,13 @@ class SetCriterion(nn.Module):
     def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]],
                 denoising: Optional[DenoisingQueries] = None,
                 dn_targets: Optional[List[Dict[str, Tensor]]] = None,
-                assignment: str = "one_to_one") -> Dict[str, Tensor]:
+                assignment: str = "one_to_one", image_weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """outputs: "pred_logits" (L, N, Q, K), "pred_boxes" (L, N, Q, 4) normalised cxcywh; optional
         "enc_logits"/"enc_boxes" (N, Qe, Ke) / (N, Qe, 4) (Ke == 1: class-agnostic proposals as in
         Deformable DETR) and "dn_logits"/"dn_boxes" (L, N, P, K) / (L, N, P, 4) of the `denoising`
-        queries, which were built from `dn_targets` (default: `targets`)."""
+        queries, which were built from `dn_targets` (default: `targets`). image_weights (N,): a factor on each
+        image's classification loss (0 for an unlabeled image without pseudo labels whose queries should not
+        be trained as background, SEMI.IMAGES_WITHOUT_PSEUDO_LABELS "ignore"); None = 1 everywhere."""
         device = outputs["pred_logits"].device
         labels, boxes = flatten_targets(targets)
         num_targets = average_count_over_processes(len(labels), device)
@@ -90,7 +92,8 @@ class SetCriterion(nn.Module):
             raise ValueError("One-to-many assignment requested but the criterion has no one-to-many assigner "
                              "(SEMIDETR.SHM.ENABLED is False)")
         set_losses = self.one_to_many_set_losses if assignment == "one_to_many" else self.one_to_one_set_losses
-        per_layer = set_losses(outputs["pred_logits"], outputs["pred_boxes"], targets, labels, boxes, num_targets)
+        per_layer = set_losses(outputs["pred_logits"], outputs["pred_boxes"], targets, labels, boxes, num_targets,
+                               image_weights)
         for term, values in per_layer.items():
             losses[f"loss_{term}"] = values[-1]
             losses[f"loss_{term}_aux"] = values[:-1].sum()
@@ -102,14 +105,17 @@ class SetCriterion(nn.Module):
             if enc_logits.shape[-1] == 1:  # class-agnostic proposals: every target is "object"
                 enc_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
                 enc_labels = torch.zeros_like(labels)
-            for term, values in set_losses(enc_logits, enc_boxes, enc_targets, enc_labels, boxes, num_targets).items():
+            for term, values in set_losses(enc_logits, enc_boxes, enc_targets, enc_labels, boxes, num_targets,
+                                           image_weights).items():
                 losses[f"loss_{term}_enc"] = values.sum()
 
         if "dn_logits" in outputs:
-            losses.update(self.denoising_losses(outputs, targets if dn_targets is None else dn_targets, denoising))
+            losses.update(self.denoising_losses(outputs, targets if dn_targets is None else dn_targets, denoising,
+                                                image_weights))
         return {name: value * self.weights[name.split("_")[1]] for name, value in losses.items()}
 
-    def denoising_losses(self, outputs, dn_targets, denoising: Optional[DenoisingQueries]):
+    def denoising_losses(self, outputs, dn_targets, denoising: Optional[DenoisingQueries],
+                         image_weights: Optional[Tensor] = None):
         """Reconstruction losses of the positive denoising queries (negatives and padded slots are
         background for the classification loss), normalised by denoised targets x groups (DINO)."""
         dn_logits, dn_boxes = outputs["dn_logits"], outputs["dn_boxes"]
@@ -130,26 +136,30 @@ class SetCriterion(nn.Module):
             image=image.repeat(num_layers), query=query.repeat(num_layers), target=target.repeat(num_layers),
             weight=torch.ones(num_layers * num_pairs, device=image.device),
         )
-        per_layer = self.set_losses(dn_logits, dn_boxes, labels, boxes, assignment, num_targets * denoising.num_groups)
+        per_layer = self.set_losses(dn_logits, dn_boxes, labels, boxes, assignment, num_targets * denoising.num_groups,
+                                    image_weights)
         return {f"loss_{term}_dn": values.sum() for term, values in per_layer.items()}
 
-    def one_to_one_set_losses(self, logits, pred_boxes, targets, labels, boxes, num_targets) -> Dict[str, Tensor]:
+    def one_to_one_set_losses(self, logits, pred_boxes, targets, labels, boxes, num_targets,
+                              image_weights=None) -> Dict[str, Tensor]:
         assignment = self.matcher(logits, pred_boxes, targets)
-        return self.set_losses(logits, pred_boxes, labels, boxes, assignment, num_targets)
+        return self.set_losses(logits, pred_boxes, labels, boxes, assignment, num_targets, image_weights)
 
-    def one_to_many_set_losses(self, logits, pred_boxes, targets, labels, boxes, num_targets) -> Dict[str, Tensor]:
+    def one_to_many_set_losses(self, logits, pred_boxes, targets, labels, boxes, num_targets,
+                               image_weights=None) -> Dict[str, Tensor]:
         assignment = self.one_to_many_assigner(logits, pred_boxes, targets)
         # Eq. 4-5 are normalised by the sum of the soft targets (a collective, as num_targets).
         normalizer = one_to_many_normalizer(assignment, logits.shape[0])
-        return one_to_many_losses(logits, pred_boxes, labels, boxes, assignment, normalizer, self.one_to_many_gamma)
+        return one_to_many_losses(logits, pred_boxes, labels, boxes, assignment, normalizer, self.one_to_many_gamma,
+                                  image_weights)
 
     def set_losses(self, logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tensor,
-                   assignment: Assignment, normalizer: Tensor) -> Dict[str, Tensor]:
+                   assignment: Assignment, normalizer: Tensor, image_weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Per-layer losses, each of shape (L,), for predictions (L, N, Q, K) / (L, N, Q, 4)."""
         a = assignment
         logits = logits.float()
         class_targets = torch.zeros_like(logits)
         class_targets[a.layer, a.image, a.query, labels[a.target]] = a.weight
         focal = sigmoid_focal_loss(logits, class_targets, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
-        loss_class = focal.flatten(1).sum(1) / normalizer
+        loss_class = weight_images(focal, image_weights).flatten(1).sum(1) / normalizer
         return {"class": loss_class, **weighted_box_losses(pred_boxes, boxes, assignment, normalizer)}

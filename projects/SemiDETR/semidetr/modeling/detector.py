@@ -10,6 +10,8 @@ one batch (one forward pass, one DDP synchronisation):
     "denoise":    bool  whether the image's targets also become denoising queries (default True);
     "assignment": str   "one_to_one" (Hungarian, default) or "one_to_many" (Semi-DETR stage 1) for the
                         image's group;
+    "class_loss_weight": float  factor on the image's classification loss (default 1; the trainer sets 0
+                        for an unlabeled image without pseudo labels that should not be trained as background);
     "cross_view_queries" (x, C) / "cross_view_boxes" (x, 4 pixel xyxy): Semi-DETR's cross-view queries
                         (embeddings from the other view's model, and this view's boxes as their positions).
 
@@ -373,8 +375,12 @@ class DeformableDETR(nn.Module):
             selected = outputs
             if len(index) != len(groups):
                 selected = outputs.select_images(small_tensor(index, torch.long, self.device))
+            class_weights = [float(batched_inputs[i].get("class_loss_weight", 1.0)) for i in index]
+            image_weights = None if all(w == 1.0 for w in class_weights) else \
+                small_tensor(class_weights, torch.float32, self.device)
             group_losses = self.criterion(selected, [targets[i] for i in index], denoising,
-                                          dn_targets=[dn_targets[i] for i in index], assignment=assignments.pop())
+                                          dn_targets=[dn_targets[i] for i in index], assignment=assignments.pop(),
+                                          image_weights=image_weights)
             prefix = f"{group}_" if group else ""
             losses.update({prefix + name: value for name, value in group_losses.items()})
         return losses

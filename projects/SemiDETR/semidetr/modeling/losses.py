@@ -1,5 +1,5 @@
-"""Box regression terms shared by the one-to-one (DETR) and one-to-many (Semi-DETR stage 1) losses."""
-from typing import Dict
+"""Terms shared by the one-to-one (DETR) and one-to-many (Semi-DETR stage 1) losses."""
+from typing import Dict, Optional
 
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
@@ -7,7 +7,12 @@ from torchvision.ops import generalized_box_iou_loss
 from .box_ops import cxcywh_to_xyxy
 from .matcher import Assignment
 
-__all__ = ["weighted_box_losses"]
+__all__ = ["weight_images", "weighted_box_losses"]
+
+
+def weight_images(loss: Tensor, image_weights: Optional[Tensor]) -> Tensor:
+    """Elementwise losses (L, N, Q, K) times a per-image factor (N,); None: unchanged."""
+    return loss if image_weights is None else loss * image_weights.to(loss.dtype)[None, :, None, None]
 
 
 def weighted_box_losses(pred_boxes: Tensor, boxes: Tensor, assignment: Assignment, normalizer: Tensor) -> Dict[str, Tensor]:

@@ -43,7 +43,7 @@ are therefore in normalised image coordinates.
 """
 import abc
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from .box_ops import batched_box_iou, cxcywh_to_xyxy
-from .losses import weighted_box_losses
+from .losses import weight_images, weighted_box_losses
 from .matcher import Assignment, pad_targets
 from .tensor_utils import small_tensor
 
@@ -388,12 +388,14 @@ def one_to_many_normalizer(assignment: Assignment, num_layers: int) -> Tensor:
 
 
 def one_to_many_losses(logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tensor,
-                       assignment: Assignment, normalizer: Tensor, gamma: float = 2.0) -> Dict[str, Tensor]:
+                       assignment: Assignment, normalizer: Tensor, gamma: float = 2.0,
+                       image_weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
     """Stage-1 losses (eq. 4 and 5) per decoder layer: {"class", "bbox", "giou"}, each of shape (L,).
 
     logits (L, N, Q, K) and pred_boxes (L, N, Q, 4) normalised cxcywh; labels (T,) and boxes (T, 4) the
     concatenated targets that `assignment.target` indexes; normalizer a scalar or (L,) tensor (see
-    `one_to_many_normalizer`). Unweighted: the caller applies the loss weights.
+    `one_to_many_normalizer`); image_weights (N,) an optional factor on each image's classification loss.
+    Unweighted: the caller applies the loss weights.
     """
     a = assignment
     logits = logits.float()
@@ -403,6 +405,6 @@ def one_to_many_losses(logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes
     # (as in GFL/TOOD). BCE from the logits is stable for saturated scores.
     modulating_factor = (soft_targets - logits.sigmoid()).abs().pow(gamma)
     bce = F.binary_cross_entropy_with_logits(logits, soft_targets, reduction="none")
-    loss_class = (modulating_factor * bce).flatten(1).sum(1) / normalizer
+    loss_class = weight_images(modulating_factor * bce, image_weights).flatten(1).sum(1) / normalizer
 
     return {"class": loss_class, **weighted_box_losses(pred_boxes, boxes, assignment, normalizer)}
