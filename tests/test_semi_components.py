@@ -27,6 +27,8 @@ def test_ema_decay_schedule():
     assert ema_decay(0.999, 0) == 0.0  # first update copies the student
     assert ema_decay(0.999, 9) == pytest.approx(0.9)
     assert ema_decay(0.999, 100000) == 0.999
+    assert ema_decay(0.999, 0, warmup=False) == 0.999  # a teacher from a trained checkpoint keeps its weights
+    assert ema_decay(0.995, 9, warmup=False) == 0.995
 
 
 def test_ema_update_arithmetic():

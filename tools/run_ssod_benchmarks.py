@@ -115,16 +115,19 @@ def final_ap(metrics_file):
 
 
 def row_overrides(row, args):
+    if row == "sup_only":
+        return []
     half = str(args.iters // 2)
     ssod = ["SEMIDETR.SHM.ENABLED", "False", "SEMIDETR.CQC.ENABLED", "False", "SEMI.PSEUDO_NMS_THRESH", "0.0"]
-    return {
-        "sup_only": [],
+    # The teacher starts from the burn-in: no EMA warm-up, which would make it a copy of the student
+    # during the first ~1 / (1 - m) iterations.
+    return ["SEMI.EMA_WARMUP", "False", *{
         "ssod_baseline": ssod,
         "ssod_ignore_empty": [*ssod, "SEMI.IMAGES_WITHOUT_PSEUDO_LABELS", "ignore"],
         "shm": ["SEMIDETR.SHM.O2M_ITERS", half, "SEMIDETR.CQC.ENABLED", "False"],
         "shm_cqc": ["SEMIDETR.SHM.O2M_ITERS", half, "SEMIDETR.CPM.METHOD", "mean_std"],
         "semidetr": ["SEMIDETR.SHM.O2M_ITERS", half],
-    }[row]
+    }[row]]
 
 
 def run_setting(setting, seed, args, queue, priority):

@@ -192,6 +192,11 @@ def _add_semi_config(cfg: CN) -> None:
     # EMA momentum m of the teacher: teacher = d * teacher + (1 - d) * student with
     # d = min(m, 1 - 1 / (iter + 1)) (paper: 0.999).
     cfg.SEMI.EMA_MOMENTUM = 0.999
+    # The warm-up d = min(m, 1 - 1 / (iter + 1)) (official). Set False when both models start from a
+    # trained (e.g. supervised) checkpoint: with warm-up the teacher is a copy of the student for the
+    # first ~1 / (1 - m) iterations, so the student's first noisy steps on pseudo labels overwrite the
+    # trained teacher (measured: BENCHMARKS.md section 4).
+    cfg.SEMI.EMA_WARMUP = True
     # Training stages ("one_to_many", "one_to_one"; see SEMIDETR.SHM) in which pseudo labels also become
     # denoising (CDN) queries; labeled images always do. [] = denoising on labeled images only.
     cfg.SEMI.PSEUDO_LABEL_DENOISING = ["one_to_many", "one_to_one"]

@@ -14,19 +14,21 @@ logger = logging.getLogger(__name__)
 
 
 class EmaTeacherHook(HookBase):
-    """After every applied step: teacher <- EMA of the student with decay min(m, 1 - 1/(iter + 1)).
+    """After every applied step: teacher <- EMA of the student with decay min(m, 1 - 1/(iter + 1)) (warm-up)
+    or m.
 
     Skipped steps (non-finite loss or gradient) leave the teacher untouched, like the optimizer."""
 
-    def __init__(self, updater: EmaUpdater, momentum: float):
+    def __init__(self, updater: EmaUpdater, momentum: float, warmup: bool = True):
         self.updater = updater
         self.momentum = momentum
+        self.warmup = warmup
 
     def after_step(self):
         if self.trainer._trainer.last_step_skipped:
             return
         with record_function("semi/ema"):
-            self.updater.update(ema_decay(self.momentum, self.trainer.iter))
+            self.updater.update(ema_decay(self.momentum, self.trainer.iter, self.warmup))
 
 
 class TeacherStudentEvalHook(EvalHook):

@@ -176,7 +176,7 @@ class Trainer(DefaultTrainer):
         ret = [hooks.IterationTimer(), hooks.LRScheduler(), StageSwitchHook()]
         if self.semi:
             # Before the checkpointer and the evaluation, so both see the teacher of this iteration.
-            ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM))
+            ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM, cfg.SEMI.EMA_WARMUP))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(TeacherStudentEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluation_functions()))

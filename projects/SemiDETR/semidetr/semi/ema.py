@@ -7,10 +7,12 @@ from torch import Tensor, nn
 __all__ = ["ema_decay", "EmaUpdater"]
 
 
-def ema_decay(momentum: float, iteration: int) -> float:
-    """min(m, 1 - 1 / (iter + 1)): the teacher follows the student closely early in training, when an
-    average over few steps would be dominated by the random initialisation."""
-    return min(momentum, 1.0 - 1.0 / (iteration + 1))
+def ema_decay(momentum: float, iteration: int, warmup: bool = True) -> float:
+    """min(m, 1 - 1 / (iter + 1)) with warm-up: the teacher follows the student closely early in training,
+    when an average over few steps would be dominated by the random initialisation. Without warm-up, m
+    from the first step: for a teacher that starts from a trained checkpoint, which the first noisy
+    semi-supervised steps of the student should not overwrite."""
+    return min(momentum, 1.0 - 1.0 / (iteration + 1)) if warmup else momentum
 
 
 class EmaUpdater:
