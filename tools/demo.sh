@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded data: set-up if needed, then Semi-DETR (DINO) semi-supervised training on
 # the synthetic "shapes" data with 10% of the images labeled, on the CPU, for a few minutes; evaluation
-# of the teacher (COCO AP table) and PNGs of its predictions under output/demo/.
+# of the teacher (COCO AP) and PNGs of its predictions under output/demo/.
 #
 #   bash tools/demo.sh                 # DEMO_ITERS=300 iterations (about 7 minutes on 2 idle cores)
 #   DEMO_ITERS=2000 bash tools/demo.sh # longer: see BENCHMARKS.md for the AP it reaches

@@ -141,31 +141,28 @@ def run_setting(setting, seed, args, queue, priority):
         return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.CHECKPOINT_PERIOD", str(min(iterations, 500))]
 
     burn_in = os.path.join(root, "burn_in")
-    burn_in_job = queue.submit((*priority, 0), run_training, sup_config, burn_in,
-                               [*common, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)], threads)
+    weights = ["MODEL.WEIGHTS", os.path.join(burn_in, "model_final.pth"), *budget(args.iters)]
+
+    def burn_in_then_queue_rows():
+        # The rows are queued by the worker that ran the burn-in, before it takes its next job: they take
+        # precedence over later seeds' jobs.
+        run_training(sup_config, burn_in, [*common, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)],
+                     threads)
+        rows = {}
+        for step, row in enumerate(args.rows, start=2):
+            config = sup_config if row == "sup_only" else (ssod_config if row.startswith("ssod") else semidetr_config)
+            extra = ["DATASETS.TRAIN", f"('{labeled}',)"] if row == "sup_only" else []
+            rows[row] = queue.submit((*priority, step), run_training, config, os.path.join(root, row),
+                                     [*common, *weights, *extra, *row_overrides(row, args)], threads)
+        return rows
+
+    row_jobs = queue.submit((*priority, 0), burn_in_then_queue_rows)
     # The ceiling depends on the full labeled set and the seed only: bccd10 and bccd50 share theirs.
     ceiling = os.path.join(args.out, f"ceiling_{full}", f"seed{seed}")
     jobs = {"ceiling": queue.submit((*priority, 1), run_training, sup_config, ceiling,
                                     [*common, "DATASETS.TRAIN", f"('{full}',)", *budget(args.burn_in + args.iters)],
                                     threads)}
-    weights = ["MODEL.WEIGHTS", os.path.join(burn_in, "model_final.pth"), *budget(args.iters)]
-
-    rows_submitted = threading.Event()
-
-    def submit_rows(done: Future):
-        # Runs in the worker that finished the burn-in, before it takes its next job: the rows are
-        # queued in time to take precedence over later seeds' jobs.
-        if done.exception() is None:
-            for step, row in enumerate(args.rows, start=2):
-                config = sup_config if row == "sup_only" else (ssod_config if row.startswith("ssod") else semidetr_config)
-                extra = ["DATASETS.TRAIN", f"('{labeled}',)"] if row == "sup_only" else []
-                jobs[row] = queue.submit((*priority, step), run_training, config, os.path.join(root, row),
-                                         [*common, *weights, *extra, *row_overrides(row, args)], threads)
-        rows_submitted.set()
-
-    burn_in_job.add_done_callback(submit_rows)
-    burn_in_job.result()  # raises if the burn-in failed
-    rows_submitted.wait()  # result() returns before the callback has run
+    jobs.update(row_jobs.result())  # raises if the burn-in failed
     return {row: job.result() for row, job in jobs.items()}
 
 

@@ -52,8 +52,9 @@ def setup_cfg(args, *, for_training: bool = True):
 def shutdown_distributed() -> None:
     """End a successful launch()ed worker: barrier, destroy the process group, flush and leave.
 
-    Does nothing in a single process. In a worker of detectron2's launch() it does not return: the interpreter's finalisation there sometimes aborts the process ("terminate called without an
-    active exception": torch/gloo C++ threads destroyed while joinable at exit, about 1 run in 10 on CPU)
+    Does nothing in a single process. In a worker of detectron2's launch() it does not return: the
+    interpreter's finalisation there sometimes aborts the process ("terminate called without an active
+    exception": torch/gloo C++ threads destroyed while joinable at exit, about 1 run in 10 on CPU)
     after all the work is done, which fails the whole job. Everything a run writes is closed by then
     (checkpoints are written atomically, the trainer's writers are closed in after_train), so the worker
     flushes its logs and streams and exits with status 0 without finalisation. Called at the end of a
