@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Per-class pseudo-label quality of a checkpoint on a labeled data set: what tau_s would give.
+
+    python tools/pseudo_label_quality.py --config-file configs/quick_schedules/ssod_baseline_bccd10_cpu.yaml \\
+        --weights output/ssod_baseline_bccd10_cpu/model_final.pth --dataset bccd_test \\
+        [--thresholds 0.3 0.4 0.5] [--which teacher|student] [--max-images N] [KEY VALUE ...]
+
+For every score threshold and class: pseudo labels per image, precision (share of them that hit a
+same-class ground-truth box at IoU >= 0.5) and recall (share of ground-truth boxes hit); and, per class,
+the distribution of the best score the model gives each ground-truth object (its highest same-class
+score at IoU >= 0.5, 0 when none), which says how far below tau_s the missed objects are. The model sees
+the test-time view (MIN_SIZE_TEST), as the teacher's weak view is at test scale in the official code.
+A semi-supervised checkpoint is scored with its teacher weights unless --which student.
+"""
+import argparse
+import json
+import logging
+
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import annotations_to_instances
+from detectron2.utils.logger import setup_logger
+
+from semidetr.data.mappers import build_test_mapper
+from semidetr.engine.defaults import setup_cfg
+from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
+from semidetr.modeling.box_ops import batched_box_iou
+
+logger = logging.getLogger("semidetr.pseudo_label_quality")
+
+
+def count_hits(pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes, thresholds, num_classes, iou=0.5):
+    """Counts for one image. Returns {"pseudo": [T, K], "precise": [T, K], "gt": [K], "recalled": [T, K]}
+    (T thresholds, K classes) and "best_scores": per ground-truth box, its highest same-class prediction
+    score at IoU >= `iou` (0 if none), with "best_classes" its class."""
+    thresholds = torch.as_tensor(thresholds, dtype=torch.float32)
+    same_class = pred_classes[:, None] == gt_classes[None, :]
+    hit = same_class & (batched_box_iou(pred_boxes, gt_boxes) >= iou) if len(pred_boxes) and len(gt_boxes) \
+        else torch.zeros(len(pred_boxes), len(gt_boxes), dtype=torch.bool)
+    above = pred_scores[None, :] >= thresholds[:, None]                       # [T, P]
+    pred_onehot = torch.nn.functional.one_hot(pred_classes.long(), num_classes).float()  # [P, K]
+    gt_onehot = torch.nn.functional.one_hot(gt_classes.long(), num_classes).float()      # [G, K]
+    kept_hit = above[:, :, None] & hit[None]                                 # [T, P, G]
+    return {
+        "pseudo": above.float() @ pred_onehot,
+        "precise": (above & hit.any(1)[None]).float() @ pred_onehot,
+        "recalled": kept_hit.any(1).float() @ gt_onehot,
+        "gt": gt_onehot.sum(0),
+        "best_scores": (hit.float() * pred_scores[:, None]).amax(0) if len(pred_boxes) else torch.zeros(len(gt_boxes)),
+        "best_classes": gt_classes,
+    }
+
+
+def summarise(per_image, thresholds, class_names):
+    """Sum count_hits() over images -> rows of plain numbers (one per threshold x class)."""
+    num_images = max(len(per_image), 1)
+    totals = {k: sum(c[k] for c in per_image) for k in ("pseudo", "precise", "recalled", "gt")}
+    best = torch.cat([c["best_scores"] for c in per_image]) if per_image else torch.zeros(0)
+    best_classes = torch.cat([c["best_classes"] for c in per_image]) if per_image else torch.zeros(0)
+    rows = []
+    for t, tau in enumerate(thresholds):
+        for k, name in enumerate(class_names):
+            scores = best[best_classes == k]
+            rows.append({
+                "threshold": tau, "class": name,
+                "gt_per_image": float(totals["gt"][k]) / num_images,
+                "pseudo_per_image": float(totals["pseudo"][t, k]) / num_images,
+                "precision": float(totals["precise"][t, k] / totals["pseudo"][t, k]) if totals["pseudo"][t, k] else None,
+                "recall": float(totals["recalled"][t, k] / totals["gt"][k]) if totals["gt"][k] else None,
+                "best_score_median": float(scores.median()) if len(scores) else None,
+                "best_score_q25": float(scores.quantile(0.25)) if len(scores) else None,
+            })
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", required=True, help="checkpoint (.pth) to load")
+    parser.add_argument("--dataset", required=True, help="a registered data set with annotations")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.4, 0.5])
+    parser.add_argument("--which", default="teacher", choices=["teacher", "student"])
+    parser.add_argument("--max-images", type=int, default=0, help="0: all")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args()
+    setup_logger(name="semidetr")
+
+    cfg = setup_cfg(args, for_training=False)
+    model = Trainer.build_model(cfg).eval()
+    which, stage = load_weights_for_evaluation(cfg, model, args.weights, args.which)
+    records = DatasetCatalog.get(args.dataset)
+    if any("annotations" not in r for r in records):
+        raise SystemExit(f"{args.dataset} has images without annotations: give a labeled data set "
+                         "(e.g. the test split, or the full labeled set the unlabeled split was cut from)")
+    records = records[:args.max_images] if args.max_images else records
+    class_names = MetadataCatalog.get(args.dataset).thing_classes
+    mapper = build_test_mapper(cfg)
+    per_image = []
+    for record in records:
+        inputs = mapper(dict(record))
+        with torch.no_grad():
+            out = model([inputs])[0]["instances"].to("cpu")
+        gt = annotations_to_instances(record["annotations"], (record["height"], record["width"]))
+        per_image.append(count_hits(out.pred_boxes.tensor, out.scores, out.pred_classes, gt.gt_boxes.tensor,
+                                    gt.gt_classes, args.thresholds, len(class_names)))
+    rows = summarise(per_image, args.thresholds, class_names)
+    print(f"{which} weights of {args.weights} (stage {stage}) on {args.dataset}, {len(records)} images")
+    print("| tau | class | GT / image | pseudo / image | precision | recall | best score per GT: median, q25 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in rows:
+        print(f"| {r['threshold']} | {r['class']} | {r['gt_per_image']:.2f} | {r['pseudo_per_image']:.2f} | "
+              f"{fmt(r['precision'])} | {fmt(r['recall'])} | {fmt(r['best_score_median'])}, {fmt(r['best_score_q25'])} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"weights": args.weights, "which": which, "dataset": args.dataset, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
