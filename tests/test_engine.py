@@ -107,6 +107,15 @@ def test_stage_decides_nms_at_evaluation(micro_shapes, tmp_path):
     assert load_weights_for_evaluation(cfg, model, str(out2 / "model_final.pth"), "student") == ("student", "one_to_one")
     assert model.test_nms_thresh == 0.0
 
+    # A config that does not build the checkpoint's model (CQC off for a run trained with it): a clear
+    # error naming the checkpoint and the run's own config, not a bare load_state_dict failure.
+    cfg_without_cqc = setup_cfg(default_argument_parser().parse_args(
+        ["--config-file", SEMIDETR_CONFIG, *opts, "SEMIDETR.CQC.ENABLED", "False"]), for_training=False)
+    with pytest.raises(ValueError, match=r"model_final\.pth: its teacher does not fit .*unexpected: "
+                                         r"cross_view_embedding.*o2o/config\.yaml"):
+        load_weights_for_evaluation(cfg_without_cqc, Trainer.build_model(cfg_without_cqc),
+                                    str(out2 / "model_final.pth"))
+
 
 @pytest.mark.parametrize("policy", ["background", "ignore"])
 def test_semi_step_without_pseudo_labels(micro_shapes, tmp_path, policy):
