@@ -210,7 +210,8 @@ def _add_semi_config(cfg: CN) -> None:
     #   "ignore":     nothing (classification weight 0; its box losses are zero anyway).
     cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS = "background"
     # Load the ground truth of the unlabeled images for monitoring only (pseudo-label precision and
-    # recall at IoU 0.5 in the metrics). It never reaches a loss; turning it on is logged.
+    # recall at IoU 0.5 in the metrics). It never reaches a loss; turning it on is logged. A set without
+    # ground truth (a plain folder) is not monitored, with one warning; the others still are.
     cfg.SEMI.MONITOR_UNLABELED_GT = False
     # Every this many iterations write a PNG of weak/strong views with their pseudo boxes (0: never).
     cfg.SEMI.VIS_PERIOD = 0

@@ -19,6 +19,7 @@ from detectron2.utils import comm
 from .catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
 from .mappers import LabeledDatasetMapper, UnlabeledDatasetMapper
 from .stream import DeterministicTrainLoader
+from .validation import NoGroundTruthError
 
 __all__ = ["semi_batch_sizes", "resolve_data_seed", "build_labeled_train_loader", "build_unlabeled_train_loader",
            "TwoStreamLoader", "build_semi_train_loader"]
@@ -83,17 +84,27 @@ def build_labeled_train_loader(cfg, total_batch_size: int = 0, seed: Optional[in
 
 
 def load_unlabeled_dicts(cfg) -> List[Dict]:
-    """The dicts of DATASETS.TRAIN_UNLABELED (with "monitor_annotations" when SEMI.MONITOR_UNLABELED_GT)."""
+    """The dicts of DATASETS.TRAIN_UNLABELED (with "monitor_annotations" when SEMI.MONITOR_UNLABELED_GT).
+
+    Monitoring is a diagnostic: a set without ground truth (a plain folder of images) is loaded without
+    it, with one warning, and the other sets are still monitored."""
     names = list(cfg.DATASETS.TRAIN_UNLABELED)
     if not names:
         raise ValueError("SEMI.ENABLED is True but DATASETS.TRAIN_UNLABELED is empty: name the unlabeled data sets")
     if cfg.SEMI.MONITOR_UNLABELED_GT:
         logger.warning("SEMI.MONITOR_UNLABELED_GT: loading the ground truth of %s for pseudo-label precision/recall "
                        "logging only (it never reaches a loss)", names)
-        load = load_unlabeled_with_monitor_gt
-    else:
-        load = get_unlabeled_dicts
-    dicts = [d for name in names for d in load(name)]
+    dicts, unmonitored = [], []
+    for name in names:
+        if cfg.SEMI.MONITOR_UNLABELED_GT:
+            try:
+                dicts += load_unlabeled_with_monitor_gt(name)
+                continue
+            except NoGroundTruthError as error:
+                unmonitored.append(name)
+                logger.warning("SEMI.MONITOR_UNLABELED_GT: %s Its images are not monitored; pseudo-label "
+                               "precision/recall are logged for batches of monitored images only.", error)
+        dicts += get_unlabeled_dicts(name)
     if not dicts:
         raise ValueError(f"The unlabeled data sets {names} (DATASETS.TRAIN_UNLABELED) contain no image")
     return dicts

@@ -27,7 +27,7 @@ from .splits import (
     register_from_spec,
     register_semi_split,
 )
-from .validation import DatasetError
+from .validation import DatasetError, NoGroundTruthError
 
 __all__ = [
     "DatasetError",
@@ -71,7 +71,7 @@ def load_unlabeled_with_monitor_gt(name: str) -> List[dict]:
     for a bad annotation) get an empty list.
 
     Raises:
-        DatasetError: `name` has no ground-truth source (a folder of images, an image-info json).
+        NoGroundTruthError: `name` has no ground-truth source (a folder of images, an image-info json).
     """
     ensure_registered(name)
     source = get_monitor_gt_source(name)
@@ -80,7 +80,7 @@ def load_unlabeled_with_monitor_gt(name: str) -> List[dict]:
         source = functools.partial(DatasetCatalog.get, name)
     if source is None:
         description = MetadataCatalog.get(name).get("source_description", "a set of images without annotations")
-        raise DatasetError(
+        raise NoGroundTruthError(
             f"Unlabeled data set '{name}' has no ground-truth source (it is {description}); its pseudo "
             "labels cannot be monitored. Set SEMI.MONITOR_UNLABELED_GT False, or use an unlabeled split "
             "of a labeled set (e.g. 'X.1@10-unlabeled')."

@@ -17,6 +17,7 @@ from .registry import register_dataset
 from .validation import (
     DataIssues,
     DatasetError,
+    NoGroundTruthError,
     check_image_files,
     require_images,
     validate_labeled_dicts,
@@ -194,7 +195,7 @@ def register_coco_paths(
         def monitor_gt() -> List[dict]:
             json_file, image_root = paths()
             if not _json_summary(json_file)[2]:
-                raise DatasetError(
+                raise NoGroundTruthError(
                     f"Unlabeled data set '{name}' has no ground-truth source: '{json_file}' has no "
                     "annotations. Set SEMI.MONITOR_UNLABELED_GT False."
                 )

@@ -66,7 +66,7 @@ def register_image_folder(name: str, image_dir: str, recursive: bool = True) -> 
     """Register a folder of unlabeled images (idempotent; nothing is read now).
 
     The set has no ground truth: :func:`~semidetr.data.catalog.load_unlabeled_with_monitor_gt` raises
-    for it.
+    NoGroundTruthError for it, and training with SEMI.MONITOR_UNLABELED_GT warns and does not monitor it.
 
     Returns:
         True if registered by this call, False if it already was with the same arguments.

@@ -51,6 +51,7 @@ from PIL import Image
 
 __all__ = [
     "DatasetError",
+    "NoGroundTruthError",
     "DataIssues",
     "IMAGE_EXTENSIONS",
     "CLIP_TOLERANCE",
@@ -90,6 +91,11 @@ _REPORTED = set()
 
 class DatasetError(ValueError):
     """A data set cannot be used as given; the message names the file and the fix."""
+
+
+class NoGroundTruthError(DatasetError):
+    """An unlabeled data set has no ground truth to monitor its pseudo labels with (a plain folder, an
+    image-info json). Training monitors the other sets and warns (SEMI.MONITOR_UNLABELED_GT)."""
 
 
 class DataIssues:
