@@ -4,16 +4,17 @@ import os
 import sys
 
 import torch
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_semidetr_config
+from .checkpoint import read_model_info
 from .config_checks import check_config
 from ..data.catalog import ensure_registered, register_from_spec
 
-__all__ = ["setup_cfg", "register_config_datasets", "shutdown_distributed"]
+__all__ = ["setup_cfg", "setup_cfg_from_checkpoint", "register_config_datasets", "shutdown_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +37,68 @@ def setup_cfg(args, *, for_training: bool = True):
     add_semidetr_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
+    _device_fallback(cfg)
     check_config(cfg, world_size=comm.get_world_size())
     register_config_datasets(cfg)
     cfg.freeze()
     if for_training:
+        # detectron2's default_setup writes OUTPUT_DIR/config.yaml; --eval-only must not replace the config
+        # of the run it evaluates (an evaluation with another config would otherwise erase it).
+        run_config = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        kept = None
+        if getattr(args, "eval_only", False) and os.path.isfile(run_config):
+            with open(run_config) as f:
+                kept = f.read()
         default_setup(cfg, args)
+        if kept is not None and comm.is_main_process():
+            with open(run_config, "w") as f:
+                f.write(kept)
         # detectron2 sets up its own loggers; this project's modules log under "semidetr".
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="semidetr", abbrev_name="semidetr")
     return cfg
+
+
+def setup_cfg_from_checkpoint(path: str, opts=()):
+    """The frozen config of the run that wrote checkpoint `path` (saved in it by the trainer), for
+    inference without a config file, with `KEY VALUE` overrides `opts`. Returns (cfg, model info).
+
+    The model is rebuilt without the run's data, whose files need not exist where the checkpoint is
+    used: the class count comes from the checkpoint (MODEL.DETR.NUM_CLASSES) and the config names no
+    data set.
+
+    Raises:
+        ValueError: the checkpoint saved no config (an older checkpoint): pass the run's config file.
+    """
+    info = read_model_info(path)
+    if info is None:
+        raise ValueError(
+            f"{path} holds no config (written before checkpoints saved their run's config, or not a checkpoint "
+            f"of this project): pass --config-file with the run's config "
+            f"({os.path.join(os.path.dirname(path) or '.', 'config.yaml')}) and the DATASETS.* overrides it was "
+            "trained with")
+    cfg = get_cfg()
+    add_semidetr_config(cfg)
+    try:
+        cfg.merge_from_other_cfg(CfgNode.load_cfg(info["config"]))
+    except KeyError as error:
+        raise ValueError(f"The config saved in {path} has a key this version does not know ({error}): pass "
+                         "--config-file with a config of this version that builds the same model") from error
+    cfg.MODEL.DETR.NUM_CLASSES = info["num_classes"]
+    cfg.MODEL.WEIGHTS = path
+    cfg.DATASETS.REGISTER = []
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TRAIN_UNLABELED = ()
+    cfg.DATASETS.TEST = ()
+    cfg.merge_from_list(list(opts))
+    _device_fallback(cfg)
+    cfg.freeze()
+    return cfg, info
+
+
+def _device_fallback(cfg) -> None:
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
 
 
 def shutdown_distributed() -> None:

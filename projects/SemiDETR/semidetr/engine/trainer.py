@@ -83,7 +83,7 @@ class Trainer(DefaultTrainer):
             self._trainer = DetrTrainer(model, data_loader, optimizer, **loop_args)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SemiDetrCheckpointer(
-            model, cfg.OUTPUT_DIR, atomic=cfg.SOLVER.ATOMIC_CHECKPOINTS, trainer=weakref.proxy(self),
+            model, cfg.OUTPUT_DIR, atomic=cfg.SOLVER.ATOMIC_CHECKPOINTS, cfg=cfg, trainer=weakref.proxy(self),
             **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -268,31 +268,12 @@ def load_weights_for_evaluation(cfg, model: nn.Module, path: str, which: str = "
     "model" for a supervised checkpoint, the stage)."""
     if which not in ("teacher", "student"):
         raise ValueError(f"SEMI.EVAL_ONLY_MODEL={which!r}: use 'teacher' or 'student'")
-    extra = SemiDetrCheckpointer(model).load(path, checkpointables=[])
+    # Checks the checkpoint against the config's model first (classes, then weights): checkpoint.py.
+    extra = SemiDetrCheckpointer(model).load_for_evaluation(path, cfg, which)
     stage = extra.get("trainer", {}).get("stage", ONE_TO_ONE)
     model.test_nms_thresh = test_nms_threshold(cfg, stage)
     if "teacher" not in extra:
         return "model", stage
     if which == "teacher":
-        missing, unexpected = _state_dict_mismatch(model, extra["teacher"])
-        if missing or unexpected:
-            # A config that does not match the checkpoint (e.g. CQC on for a run trained without it) would
-            # otherwise fail deep in load_state_dict; the run's own config sits next to its checkpoints.
-            raise ValueError(
-                f"{path}: its teacher does not fit the model built from this config (missing: "
-                f"{_key_summary(missing)}; unexpected: {_key_summary(unexpected)}). Evaluate with the config "
-                f"the run was trained with: {os.path.join(os.path.dirname(path) or '.', 'config.yaml')}")
         model.load_state_dict(extra["teacher"])
     return which, stage
-
-
-def _state_dict_mismatch(model: nn.Module, state_dict) -> Tuple[list, list]:
-    expected = set(model.state_dict())
-    return sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-
-
-def _key_summary(keys, limit: int = 3) -> str:
-    if not keys:
-        return "none"
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
