@@ -65,15 +65,21 @@ def micro_shapes(tmp_path_factory):
     return specs
 
 
+# Overrides shrinking the CPU quick configs' model and images to a seconds-long run.
+MICRO_MODEL_ARGS = [
+    "MODEL.DETR.HIDDEN_DIM", "64", "MODEL.DETR.NHEADS", "4", "MODEL.DETR.DIM_FEEDFORWARD", "128",
+    "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "2", "MODEL.DETR.NUM_QUERIES", "30",
+    "MODEL.DETR.NUM_SELECT", "30", "MODEL.DETR.DN_NUMBER", "10",
+    "INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "112",
+    "INPUT.MAX_SIZE_TEST", "160", "DATALOADER.NUM_WORKERS", "0", "SEED", "7",
+]
+
+
 def micro_config_args(specs, output_dir, *extra):
     """Command-line overrides turning the CPU quick config into a seconds-long run on the micro data."""
     return [
         "DATASETS.REGISTER", str(list(specs)),
         "DATASETS.TRAIN", "('micro_train',)", "DATASETS.TEST", "('micro_val',)",
-        "MODEL.DETR.HIDDEN_DIM", "64", "MODEL.DETR.NHEADS", "4", "MODEL.DETR.DIM_FEEDFORWARD", "128",
-        "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "2", "MODEL.DETR.NUM_QUERIES", "30",
-        "MODEL.DETR.NUM_SELECT", "30", "MODEL.DETR.DN_NUMBER", "10",
-        "INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "112",
-        "INPUT.MAX_SIZE_TEST", "160", "DATALOADER.NUM_WORKERS", "0", "SEED", "7", "OUTPUT_DIR", str(output_dir),
+        *MICRO_MODEL_ARGS, "OUTPUT_DIR", str(output_dir),
         *extra,
     ]
