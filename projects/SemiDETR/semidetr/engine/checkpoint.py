@@ -200,7 +200,7 @@ def check_checkpoint_fits(cfg, model, path: str, checkpoint: Dict[str, Any], wei
             source = "MODEL.DETR.NUM_CLASSES"
         else:
             source = f"DATASETS.TRAIN[0] '{cfg.DATASETS.TRAIN[0]}'" if cfg.DATASETS.TRAIN else "the config"
-        saved = (_names_summary(saved_names) if saved_names
+        saved = (_names_summary(saved_names) if saved_names else "names unknown" if info
                  else "names not saved: a checkpoint from before checkpoints described their model")
         raise CheckpointMismatchError(
             f"{path} was trained on {saved_count} classes ({saved}) but this config builds a model for "
@@ -210,9 +210,9 @@ def check_checkpoint_fits(cfg, model, path: str, checkpoint: Dict[str, Any], wei
         return  # detectron2 matches the names of such files (model-zoo .pkl) by heuristics on loading
     missing, unexpected, shapes = _state_dict_mismatch(model, state)
     if missing or unexpected or shapes:
-        name = "teacher" if weights == "teacher" and "teacher" in checkpoint else "weights"
+        name = "teacher does" if weights == "teacher" and "teacher" in checkpoint else "weights do"
         raise CheckpointMismatchError(
-            f"{path}: its {name} does not fit the model built from this config (missing: {_key_summary(missing)}; "
+            f"{path}: its {name} not fit the model built from this config (missing: {_key_summary(missing)}; "
             f"unexpected: {_key_summary(unexpected)}; other shape: {_key_summary(shapes)}): {fix}.")
 
 

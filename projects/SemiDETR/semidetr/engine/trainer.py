@@ -265,10 +265,14 @@ def load_weights_for_evaluation(cfg, model: nn.Module, path: str, which: str = "
     """Load `path` into `model` for evaluation; `which` picks the teacher (EMA) or the student weights of a
     semi-supervised checkpoint. The training stage saved in the checkpoint decides whether the model
     predicts with NMS (one-to-many stage) or NMS-free. Returns (which weights: "teacher", "student" or
-    "model" for a supervised checkpoint, the stage)."""
+    "model" for a supervised checkpoint, the stage).
+
+    Raises:
+        CheckpointMismatchError: the checkpoint does not fit the config's model (other classes or
+            components), checked before any weight is loaded (engine/checkpoint.py).
+    """
     if which not in ("teacher", "student"):
         raise ValueError(f"SEMI.EVAL_ONLY_MODEL={which!r}: use 'teacher' or 'student'")
-    # Checks the checkpoint against the config's model first (classes, then weights): checkpoint.py.
     extra = SemiDetrCheckpointer(model).load_for_evaluation(path, cfg, which)
     stage = extra.get("trainer", {}).get("stage", ONE_TO_ONE)
     model.test_nms_thresh = test_nms_threshold(cfg, stage)
