@@ -77,7 +77,10 @@ def build_model_and_config(args):
     """(cfg, model with the checkpoint's weights, which weights, stage, class names)."""
     if args.config_file:
         cfg = setup_cfg(args, for_training=False)
-        info = read_model_info(args.weights)
+        try:
+            info = read_model_info(args.weights)
+        except ValueError:  # not a torch file (e.g. detectron2's .pkl): the checkpointer below reads it
+            info = None
     else:
         cfg, info = setup_cfg_from_checkpoint(args.weights, args.opts)
     model = Trainer.build_model(cfg).eval()

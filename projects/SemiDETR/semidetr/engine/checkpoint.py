@@ -155,8 +155,12 @@ def read_model_info(path: str) -> Optional[Dict[str, Any]]:
     try:
         # Memory-mapped: only the small info entry is read here, the tensors stay on disk.
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise ValueError(f"{path} cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
+    except Exception:  # torch raises many types; mmap needs the zip format of torch >= 1.6
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:
+            raise ValueError(f"{path} cannot be read as a torch checkpoint ({type(error).__name__}: {error})") \
+                from error
     info = checkpoint.get(MODEL_INFO_KEY) if isinstance(checkpoint, dict) else None
     return info if isinstance(info, dict) and info.get("config") else None
 
@@ -183,8 +187,8 @@ def check_checkpoint_fits(cfg, model, path: str, checkpoint: Dict[str, Any], wei
     info = checkpoint.get(MODEL_INFO_KEY) or {}
     state = checkpoint["teacher"] if weights == "teacher" and "teacher" in checkpoint else checkpoint.get("model", {})
     run_config = os.path.join(os.path.dirname(path) or ".", "config.yaml")
-    fix = (f"evaluate with the config the run was trained with ({run_config}, with the same DATASETS.* "
-           "overrides)" + (", or give tools/infer.py no --config-file: it then uses the config saved in the "
+    fix = (f"evaluate with the config the run was trained with ({run_config} is its full copy, overrides "
+           "included)" + (", or give tools/infer.py no --config-file: it then uses the config saved in the "
                            "checkpoint" if info.get("config") else ""))
 
     saved_count = info.get("num_classes")
