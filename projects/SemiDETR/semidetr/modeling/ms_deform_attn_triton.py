@@ -255,6 +255,7 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         return output.to(value.dtype)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         value, sampling_locations, attention_weights, levels = ctx.saved_tensors
         batch, num_keys, num_heads, head_dim = value.shape
@@ -287,4 +288,7 @@ def ms_deform_attn_triton(
             f"the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 for CPU ones) with fewer than 2**31 "
             f"elements; got value {tuple(value.shape)} on {value.device}: use MODEL.DETR.MS_DEFORM_ATTN_IMPL "
             f"'pytorch' (or 'auto') for these inputs")
-    return _MSDeformAttnFunction.apply(value, tuple(spatial_shapes), sampling_locations, attention_weights)
+    if value.device.type != "cuda":  # the interpreter
+        return _MSDeformAttnFunction.apply(value, tuple(spatial_shapes), sampling_locations, attention_weights)
+    with torch.cuda.device(value.device):  # kernels launch on the current device: make it the inputs'
+        return _MSDeformAttnFunction.apply(value, tuple(spatial_shapes), sampling_locations, attention_weights)
