@@ -15,6 +15,8 @@ BCCD_ROOT = os.path.join(os.path.dirname(REPO_ROOT), "shared", "datasets", "BCCD
 
 def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:.*torch.jit.script.*:FutureWarning")
+    # `pytest -m cuda` selects the GPU tests (tests/test_cuda.py; skipped without a GPU, run by tools/gpu_check.sh).
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
 
 
 @pytest.fixture

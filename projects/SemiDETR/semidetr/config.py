@@ -19,6 +19,7 @@ def add_semidetr_config(cfg: CN) -> None:
     _add_dataset_config(cfg)
     _add_semi_config(cfg)
     _add_semidetr_config(cfg)
+    _add_gpu_config(cfg)
 
 
 def _add_detr_config(cfg: CN) -> None:
@@ -283,3 +284,26 @@ def _add_semidetr_config(cfg: CN) -> None:
     cfg.SEMIDETR.CPM.COST_CLASS = 2.0
     cfg.SEMIDETR.CPM.COST_GIOU = 2.0
     cfg.SEMIDETR.CPM.COST_BBOX = 5.0
+
+
+def _add_gpu_config(cfg: CN) -> None:
+    # ---------------------------------------------------------------------------------------------
+    # Mixed precision and the deformable-attention implementation (README "GPU").
+    # ---------------------------------------------------------------------------------------------
+    # Mixed-precision training: detectron2's SOLVER.AMP.ENABLED (default False) switches autocast on
+    # for the forward passes of a step (the supervised step; in semi-supervised training the teacher's
+    # inference, the student and the cross-view decoding alike); losses, matching costs, the GMM of
+    # cost-based mining and the box arithmetic stay in float32. The autocast dtype:
+    #   "bfloat16" float32's range, no loss scaling (GPUs with bf16: Ampere and later; CPUs);
+    #   "float16"  with a gradient scaler (torch.amp.GradScaler) for GPUs without bf16 (V100, T4);
+    #              steps whose scaled gradients overflow are skipped and the scale lowered, as the
+    #              non-finite-step handling does (SOLVER.MAX_NONFINITE_STEPS counts them only once
+    #              the scale has fallen below 1).
+    cfg.SOLVER.AMP.DTYPE = "bfloat16"
+    # Multi-scale deformable attention:
+    #   "auto"    the fused Triton kernel on CUDA when Triton can be imported (it ships with the CUDA
+    #             builds of torch), the PyTorch (grid_sample) path otherwise;
+    #   "triton"  always the fused kernel (an error where it cannot run);
+    #   "pytorch" always the PyTorch path.
+    # The choice is logged once per device.
+    cfg.MODEL.DETR.MS_DEFORM_ATTN_IMPL = "auto"

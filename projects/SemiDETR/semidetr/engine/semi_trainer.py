@@ -22,7 +22,7 @@ from ..modeling.box_ops import xyxy_to_cxcywh
 from ..semi.pseudo_labels import PseudoLabeler
 from ..semi.query_consistency import CrossViewConsistency
 from .stage import ONE_TO_MANY, ONE_TO_ONE
-from .train_loop import DetrTrainer
+from .train_loop import DetrTrainer, autocast_step
 
 __all__ = ["SemiTrainer", "UNSUP_PREFIX", "IMAGES_WITHOUT_PSEUDO_LABELS"]
 
@@ -67,6 +67,7 @@ class SemiTrainer(DetrTrainer):
         self.vis_period = vis_period
         self.stage = ONE_TO_ONE  # set by the trainer (StageSwitchHook) before every step
 
+    @autocast_step  # SOLVER.AMP: teacher inference, student forward and cross-view decoding alike
     def run_step(self):
         assert self.model.training, "[SemiTrainer] model was changed to eval mode!"
         start = time.perf_counter()

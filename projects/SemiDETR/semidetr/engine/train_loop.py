@@ -6,7 +6,14 @@ Differences from detectron2's `SimpleTrainer.run_step`:
     training, the EMA teacher, which reads `last_step_skipped`) is untouched; the non-finite loss parts
     are logged; after `max_nonfinite_steps` skipped steps in a row training stops with an error.
     The decision is all-reduced, so every process skips the same steps.
+  * mixed precision (SOLVER.AMP): the forward passes of a step run under autocast (`autocast_step`);
+    backward, clipping and the optimizer step run with autocast off. float16 uses a gradient scaler:
+    gradients are unscaled before clipping and the finiteness check, and a step whose scaled gradients
+    overflow is skipped like any non-finite step (the scale is then lowered), but counts towards
+    `max_nonfinite_steps` only once the loss scale has fallen below 1 (an overflow at a large scale is the
+    scaler's normal search for its scale, not a diverging run).
 """
+import functools
 import logging
 import time
 from typing import Dict, List, Optional
@@ -21,9 +28,39 @@ from torch.profiler import record_function
 
 from ..data.mappers import MapperStatsAggregator
 
-__all__ = ["DetrTrainer", "NonFiniteLossError"]
+__all__ = ["DetrTrainer", "NonFiniteLossError", "amp_dtype_from_config", "autocast_step"]
 
 logger = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def amp_dtype_from_config(cfg) -> Optional[torch.dtype]:
+    """The autocast dtype of SOLVER.AMP (None when mixed precision is off); checks the device supports it."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    name = cfg.SOLVER.AMP.DTYPE
+    if name not in AMP_DTYPES:
+        raise ValueError(f"SOLVER.AMP.DTYPE={name!r}: use one of {list(AMP_DTYPES)}")
+    device_type = torch.device(cfg.MODEL.DEVICE).type
+    if name == "bfloat16" and device_type == "cuda" and torch.cuda.is_available() \
+            and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"SOLVER.AMP.DTYPE='bfloat16' but this GPU ({torch.cuda.get_device_name()}) has no bfloat16 "
+                         "support: use SOLVER.AMP.DTYPE 'float16' (with loss scaling)")
+    return AMP_DTYPES[name]
+
+
+def autocast_step(run_step):
+    """Decorator of a trainer's `run_step`: its forward passes run under the trainer's autocast (a no-op
+    without mixed precision); `apply_update` turns autocast off again for backward and the step."""
+
+    @functools.wraps(run_step)
+    def wrapped(self):
+        with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            return run_step(self)
+
+    return wrapped
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,14 +69,22 @@ class NonFiniteLossError(FloatingPointError):
 
 class DetrTrainer(SimpleTrainer):
     def __init__(self, model, data_loader, optimizer, *, clip_grad_norm: float = 0.0,
-                 clip_norm_type: float = 2.0, max_nonfinite_steps: int = 5):
+                 clip_norm_type: float = 2.0, max_nonfinite_steps: int = 5,
+                 amp_dtype: Optional[torch.dtype] = None):
         """
         Args:
             clip_grad_norm: max norm of all gradients together; 0 disables clipping (the norm is still
                 computed, to detect non-finite gradients).
             max_nonfinite_steps: consecutive skipped steps after which training stops.
+            amp_dtype: autocast dtype of the forward passes (torch.bfloat16, or torch.float16 with a
+                gradient scaler), None for full precision (SOLVER.AMP, `amp_dtype_from_config`).
         """
         super().__init__(model, data_loader, optimizer)
+        self.device_type = next(model.parameters()).device.type
+        self.amp_dtype = amp_dtype
+        # float16 needs loss scaling (its range ends at 65504); bfloat16 has float32's range.
+        self.grad_scaler = torch.amp.GradScaler(self.device_type) if amp_dtype == torch.float16 else None
+        self.overflow_total = 0
         self.clip_grad_norm = clip_grad_norm
         self.clip_norm_type = clip_norm_type
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -48,6 +93,7 @@ class DetrTrainer(SimpleTrainer):
         self.last_step_skipped = False
         self.mapper_stats = MapperStatsAggregator()
 
+    @autocast_step
     def run_step(self):
         assert self.model.training, "[DetrTrainer] model was changed to eval mode!"
         start = time.perf_counter()
@@ -75,25 +121,42 @@ class DetrTrainer(SimpleTrainer):
     # ------------------------------------------------------------------------------------------------
     def apply_update(self, loss_dict: Dict[str, Tensor], data_time: float,
                      extra_metrics: Optional[Dict[str, float]] = None) -> bool:
-        """Backward, clip, and step if everything is finite. Returns whether the step was applied."""
-        losses = sum(loss_dict.values())
+        """Backward, clip, and step if everything is finite. Returns whether the step was applied.
+        Runs with autocast off (backward follows the forward's dtypes by itself)."""
+        with torch.autocast(self.device_type, enabled=False):
+            return self._apply_update(loss_dict, data_time, extra_metrics)
+
+    def _apply_update(self, loss_dict, data_time, extra_metrics):
+        losses = sum(loss.float() for loss in loss_dict.values())
+        scaler = self.grad_scaler
         self.optimizer.zero_grad(set_to_none=True)
         with record_function("step/backward"):
-            losses.backward()
+            (scaler.scale(losses) if scaler is not None else losses).backward()
         self.after_backward()
         with record_function("step/clip_and_check"):
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)  # clip and check the true gradients
             grad_norm = self._clip_and_measure_gradients()
-            finite = self._all_processes_finite(losses, grad_norm)
+            loss_finite, grad_finite = self._all_processes_finite(losses, grad_norm)
+        finite = loss_finite and grad_finite
         self.last_step_skipped = not finite
         if finite:
             self.nonfinite_in_a_row = 0
             self._write_metrics(loss_dict, data_time)
             if comm.is_main_process():
-                self._write_extra_metrics({"grad_norm": grad_norm, **(extra_metrics or {})})
+                scale = {"amp/loss_scale": scaler.get_scale()} if scaler is not None else {}
+                self._write_extra_metrics({"grad_norm": grad_norm, **scale, **(extra_metrics or {})})
             with record_function("step/optimizer"):
-                self.optimizer.step()
+                if scaler is not None:
+                    scaler.step(self.optimizer)  # gradients already unscaled and checked: a plain step
+                else:
+                    self.optimizer.step()
+        elif scaler is not None and loss_finite and scaler.get_scale() >= 1.0:
+            self._handle_scaler_overflow(scaler.get_scale())
         else:
             self._handle_nonfinite_step(loss_dict, grad_norm)
+        if scaler is not None:
+            scaler.update()  # lowers the scale after an overflow (the inf checks of unscale_), grows it else
         return finite
 
     @staticmethod
@@ -116,11 +179,23 @@ class DetrTrainer(SimpleTrainer):
         return torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=self.clip_norm_type)
 
     @staticmethod
-    def _all_processes_finite(losses: Tensor, grad_norm: Tensor) -> bool:
-        finite = (torch.isfinite(losses.detach()) & torch.isfinite(grad_norm.to(losses.device))).to(torch.int32)
+    def _all_processes_finite(losses: Tensor, grad_norm: Tensor):
+        """(loss finite, gradient finite), each on every process."""
+        finite = torch.stack([torch.isfinite(losses.detach()), torch.isfinite(grad_norm.to(losses.device))])
+        finite = finite.to(torch.int32)
         if comm.get_world_size() > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite.item())
+        loss_finite, grad_finite = finite.tolist()
+        return bool(loss_finite), bool(grad_finite)
+
+    def _handle_scaler_overflow(self, scale: float):
+        """float16: the scaled gradients overflowed (the loss is finite). Skipped; the scaler halves its scale."""
+        self.overflow_total += 1
+        logger.info("Iteration %d: float16 gradients overflowed at loss scale %g; step skipped (optimizer and "
+                    "teacher unchanged), scale lowered", self.iter, scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        if comm.is_main_process():
+            get_event_storage().put_scalar("amp/overflow_steps", self.overflow_total)
 
     def _handle_nonfinite_step(self, loss_dict: Dict[str, Tensor], grad_norm: Tensor):
         self.nonfinite_in_a_row += 1
@@ -144,8 +219,12 @@ class DetrTrainer(SimpleTrainer):
     def state_dict(self):
         state = super().state_dict()
         state["nonfinite_total"] = self.nonfinite_total
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self.nonfinite_total = state_dict.get("nonfinite_total", 0)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

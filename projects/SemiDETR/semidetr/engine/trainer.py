@@ -34,7 +34,7 @@ from .hooks import EmaTeacherHook, TeacherStudentEvalHook
 from .semi_trainer import SemiTrainer
 from .solver import build_optimizer
 from .stage import ONE_TO_ONE, StageSwitchHook, stage_at, test_nms_threshold
-from .train_loop import DetrTrainer
+from .train_loop import DetrTrainer, amp_dtype_from_config
 
 __all__ = ["Trainer", "build_teacher", "load_weights_for_evaluation"]
 
@@ -63,7 +63,7 @@ class Trainer(DefaultTrainer):
         ddp_device = {} if student.device.type == "cuda" else {"device_ids": None}
         model = create_ddp_model(student, broadcast_buffers=False, **ddp_device)
         loop_args = dict(clip_grad_norm=self.clip_grad_norm(cfg), clip_norm_type=cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE,
-                         max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS)
+                         max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, amp_dtype=amp_dtype_from_config(cfg))
         checkpointables = {}
         if self.semi:
             self.ema = EmaUpdater(self.teacher, student)

@@ -37,6 +37,7 @@ from .criterion import SetCriterion
 from .cross_view import CrossViewQueryEmbedding
 from .denoising import DenoisingQueries, build_self_attention_mask, prepare_contrastive_denoising
 from .matcher import HungarianMatcher
+from .ms_deform_attn import set_ms_deform_attn_impl
 from .neck import MultiScaleProjection
 from .one_to_many import build_one_to_many_assigner
 from .position_encoding import PositionEmbeddingSine
@@ -203,6 +204,7 @@ class DeformableDETR(nn.Module):
             dec_n_points=d.DEC_N_POINTS, num_queries=d.NUM_QUERIES, query_init=d.QUERY_INIT,
             look_forward_twice=d.LOOK_FORWARD_TWICE, share_pred_heads=d.SHARE_PRED_HEADS,
         )
+        set_ms_deform_attn_impl(transformer, d.MS_DEFORM_ATTN_IMPL)
         matcher = HungarianMatcher(cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU,
                                    focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
         shm = cfg.SEMIDETR.SHM
@@ -364,7 +366,16 @@ class DeformableDETR(nn.Module):
         return CrossViewQueries.pad(contents, boxes)
 
     def group_losses(self, batched_inputs, outputs: DetectorOutputs, targets, dn_targets, denoising) -> Dict[str, Tensor]:
-        """Criterion per loss group (see module docstring), each normalised by its own target count."""
+        """Criterion per loss group (see module docstring), each normalised by its own target count.
+
+        In float32 with autocast off under mixed precision (SOLVER.AMP): focal terms of small
+        probabilities, GIoU of near-equal boxes and the Hungarian costs lose too many bits in bfloat16 /
+        float16, and the matching should not depend on the training precision."""
+        outputs = DetectorOutputs({key: value.float() for key, value in outputs.items()})
+        with torch.autocast(self.device.type, enabled=False):
+            return self._criterion_per_group(batched_inputs, outputs, targets, dn_targets, denoising)
+
+    def _criterion_per_group(self, batched_inputs, outputs, targets, dn_targets, denoising) -> Dict[str, Tensor]:
         groups = [x.get("loss_group", "") for x in batched_inputs]
         losses = {}
         for group in dict.fromkeys(groups):  # first-appearance order, identical on every process

@@ -18,14 +18,22 @@ Three entry points:
   and inference, on any device;
 * `ms_deform_attn_naive`: a per-point reference that spells the bilinear formula out; tests compare the
   core against it (values and gradients);
-* `ms_deform_attn`: what `MSDeformAttn` calls. It runs a fused kernel registered for the inputs' device
-  type with `register_ms_deform_attn_kernel`, and the core otherwise, so a CUDA kernel can be added later
-  without touching the module, with the core as its reference and fallback.
+* `ms_deform_attn`: what `MSDeformAttn` calls; it picks the implementation (`impl`, the config key
+  MODEL.DETR.MS_DEFORM_ATTN_IMPL):
+    "auto"    a kernel registered for the inputs' device type (`register_ms_deform_attn_kernel`), else the
+              fused Triton kernel (`ms_deform_attn_triton.py`) on CUDA when Triton can be imported, else
+              the core;
+    "triton"  the Triton kernel (an error where it cannot run: no Triton, or CPU tensors without Triton's
+              interpreter);
+    "pytorch" the core.
+  The choice is logged once per (setting, device type, implementation).
 
 Mixed precision: half-precision (float16/bfloat16) inputs are sampled and weighted in float32, because
 the four-corner blend and the scatter-add of its gradient lose too many bits in half precision; the
 result is returned in `value`'s dtype. float64 inputs are kept in float64.
 """
+import importlib.util
+import logging
 import math
 import operator
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -42,7 +50,14 @@ __all__ = [
     "ms_deform_attn_core",
     "ms_deform_attn_naive",
     "register_ms_deform_attn_kernel",
+    "set_ms_deform_attn_impl",
+    "MS_DEFORM_ATTN_IMPLS",
 ]
+
+logger = logging.getLogger(__name__)
+
+# Values of MODEL.DETR.MS_DEFORM_ATTN_IMPL / the `impl` argument (see the module docstring).
+MS_DEFORM_ATTN_IMPLS = ("auto", "triton", "pytorch")
 
 # (H_l, W_l) of every level, coarse or fine in any order, as python ints or an (L, 2) integer CPU tensor.
 SpatialShapes = Union[Sequence[Sequence[int]], Tensor]
@@ -71,19 +86,86 @@ def register_ms_deform_attn_kernel(
 
 
 def ms_deform_attn(
-    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+    value: Tensor,
+    spatial_shapes: SpatialShapes,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    impl: str = "auto",
 ) -> Tensor:
-    """Multi-scale deformable attention with the fastest implementation available for the inputs' device.
+    """Multi-scale deformable attention with the implementation `impl` selects (module docstring).
 
-    Same arguments and result as `ms_deform_attn_core`, which runs unless a fused kernel is registered for
-    `value.device.type` (see `register_ms_deform_attn_kernel`).
+    Same arguments and result as `ms_deform_attn_core`.
     """
     shapes = _as_spatial_shapes(spatial_shapes)
-    kernel = _FUSED_KERNELS.get(value.device.type)
-    if kernel is None:
-        return ms_deform_attn_core(value, shapes, sampling_locations, attention_weights)
     _check_core_inputs(value, shapes, sampling_locations, attention_weights)
+    name, kernel = _select_kernel(value, sampling_locations, impl)
+    _log_choice_once(impl, value.device.type, name)
     return kernel(value, shapes, sampling_locations, attention_weights)
+
+
+def _select_kernel(value: Tensor, sampling_locations: Tensor, impl: str) -> Tuple[str, MSDeformAttnKernel]:
+    if impl not in MS_DEFORM_ATTN_IMPLS:
+        raise ValueError(
+            f"MODEL.DETR.MS_DEFORM_ATTN_IMPL={impl!r}: use one of {list(MS_DEFORM_ATTN_IMPLS)}")
+    if impl == "pytorch":
+        return "pytorch (grid_sample)", ms_deform_attn_core
+    device_type = value.device.type
+    if impl == "auto" and device_type in _FUSED_KERNELS:
+        return f"registered {device_type} kernel", _FUSED_KERNELS[device_type]
+    triton_module = _triton_module() if impl == "triton" or device_type == "cuda" else None
+    if triton_module is not None and triton_module.triton_supports(value, sampling_locations):
+        return "triton (fused)", triton_module.ms_deform_attn_triton
+    if impl == "triton":
+        reason = (_TRITON_STATE["error"] if triton_module is None else
+                  "it needs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1, Triton's interpreter) with "
+                  f"fewer than 2**31 elements; got value {tuple(value.shape)} on {value.device}")
+        raise RuntimeError(
+            f"MODEL.DETR.MS_DEFORM_ATTN_IMPL='triton' but the Triton kernel cannot run: {reason}. Use 'auto' "
+            "(fused where it can run, PyTorch elsewhere) or 'pytorch'.")
+    return "pytorch (grid_sample)", ms_deform_attn_core
+
+
+# Triton is imported on first use: CPU runs never pay for it, and a broken install only matters on CUDA.
+_TRITON_STATE: Dict[str, object] = {}
+
+
+def _triton_module():
+    """The Triton kernel module, or None (with the reason in _TRITON_STATE["error"]) if it cannot load."""
+    if "module" not in _TRITON_STATE:
+        _TRITON_STATE["module"] = None
+        if importlib.util.find_spec("triton") is None:
+            _TRITON_STATE["error"] = "Triton is not installed (it ships with the CUDA builds of torch)"
+        else:
+            try:
+                from . import ms_deform_attn_triton
+
+                _TRITON_STATE["module"] = ms_deform_attn_triton
+            except Exception as error:  # a broken Triton install: PyTorch path, said once in the log
+                _TRITON_STATE["error"] = f"importing Triton failed ({type(error).__name__}: {error})"
+                logger.warning("Multi-scale deformable attention: %s; the PyTorch path is used on CUDA",
+                               _TRITON_STATE["error"])
+    return _TRITON_STATE["module"]
+
+
+_LOGGED_CHOICES = set()
+
+
+def _log_choice_once(impl: str, device_type: str, name: str) -> None:
+    key = (impl, device_type, name)
+    if key not in _LOGGED_CHOICES:
+        _LOGGED_CHOICES.add(key)
+        logger.info("Multi-scale deformable attention on %s: %s (MODEL.DETR.MS_DEFORM_ATTN_IMPL=%r)",
+                    device_type, name, impl)
+
+
+def set_ms_deform_attn_impl(module: nn.Module, impl: str) -> None:
+    """Make every `MSDeformAttn` inside `module` use `impl` (MODEL.DETR.MS_DEFORM_ATTN_IMPL)."""
+    if impl not in MS_DEFORM_ATTN_IMPLS:
+        raise ValueError(
+            f"MODEL.DETR.MS_DEFORM_ATTN_IMPL={impl!r}: use one of {list(MS_DEFORM_ATTN_IMPLS)}")
+    for submodule in module.modules():
+        if isinstance(submodule, MSDeformAttn):
+            submodule.impl = impl
 
 
 def ms_deform_attn_core(
@@ -246,6 +328,8 @@ class MSDeformAttn(nn.Module):
         self.num_heads = num_heads
         self.num_levels = num_levels
         self.num_points = num_points
+        # Which implementation runs (MS_DEFORM_ATTN_IMPLS; set_ms_deform_attn_impl sets it from the config).
+        self.impl = "auto"
 
         self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
@@ -325,7 +409,7 @@ class MSDeformAttn(nn.Module):
         )
         sampling_locations = self._sampling_locations(reference_points, sampling_offsets, shapes)
 
-        output = ms_deform_attn(value, shapes, sampling_locations, attention_weights)
+        output = ms_deform_attn(value, shapes, sampling_locations, attention_weights, impl=self.impl)
         return self.dropout(self.output_proj(output))
 
     def _sampling_locations(
@@ -404,7 +488,7 @@ class MSDeformAttn(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_levels={self.num_levels}, "
-            f"num_points={self.num_points}"
+            f"num_points={self.num_points}, impl={self.impl!r}"
         )
 
 

@@ -83,11 +83,14 @@ def _matched_costs(pred_logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxe
                    focal_gamma: float) -> List[np.ndarray]:
     """Per-image matched cost of padded targets labels (N, T), boxes (N, T, 4) whose first counts[i]
     entries are real. Returns N float64 arrays (counts[i],), +inf for targets left unmatched (T > Q)."""
-    cost = pairwise_matching_cost(
-        pred_logits.detach().float(), pred_boxes.detach().float(), labels, boxes,
-        cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou,
-        focal_alpha=focal_alpha, focal_gamma=focal_gamma,
-    )
+    # float32 with autocast off under mixed precision (SOLVER.AMP): the GMM separates costs that differ
+    # by less than bfloat16's resolution at their magnitude (~0.03 at a cost of 8).
+    with torch.autocast(pred_logits.device.type, enabled=False):
+        cost = pairwise_matching_cost(
+            pred_logits.detach().float(), pred_boxes.detach().float(), labels, boxes.float(),
+            cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou,
+            focal_alpha=focal_alpha, focal_gamma=focal_gamma,
+        )
     cost_cpu = cost.cpu().numpy().astype(np.float64)  # the single device->host copy
     # The solver must not see NaN/inf (it raises); the reported cost keeps the raw value, so such a
     # candidate is ignored by the GMM and never selected.
