@@ -9,6 +9,7 @@ remove); the SSOD runs therefore start (MODEL.WEIGHTS) from an initialisation wh
 large, overlapping boxes, the duplicates a one-to-many teacher produces. Every run seeds itself (SEED 7): two runs that differ in one switch have the
 same student, teacher, data and denoising noise at iteration 0, so their iteration-0 values can be
 compared exactly."""
+import functools
 import logging
 import os
 
@@ -223,6 +224,52 @@ def test_one_to_many_stage_changes_the_assignment_of_both_groups(runs):
         assert o2m[f"{group}loss_class_dn"] == pytest.approx(o2o[f"{group}loss_class_dn"], rel=1e-5), group
 
 
+@functools.lru_cache(maxsize=None)
+def _shm_losses(shm_items=()):
+    """(one-to-many, one-to-one) losses of the tiny DINO (seed 0, box head widened as in `wide_box_weights`)
+    on a fixed batch of large targets, with SEMIDETR.SHM keys set from `shm_items`."""
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+
+    from helpers import tiny_detector_cfg
+
+    def image(boxes, classes, seed):
+        generator = torch.Generator().manual_seed(seed)
+        instances = Instances((96, 128))
+        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.gt_classes = torch.tensor(classes)
+        return {"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=generator),
+                "instances": instances, "height": 96, "width": 128}
+
+    batch = [image([[8.0, 6, 110, 90], [30, 20, 100, 80]], [0, 1], 1), image([[5.0, 5, 120, 85]], [2], 2)]
+    cfg = tiny_detector_cfg()
+    cfg.MODEL.DETR.DN_NUMBER = 0
+    cfg.SEMIDETR.SHM.ENABLED = True
+    for name, setting in shm_items:
+        cfg.SEMIDETR.SHM[name] = setting
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(cfg)
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            if name.startswith("transformer.bbox_embed.") and name.endswith("layers.2.bias"):
+                value[2:] += 3.0
+        return ({k: v.item() for k, v in model([{**x, "assignment": "one_to_many"} for x in batch]).items()},
+                {k: v.item() for k, v in model(batch).items()})
+
+
+@pytest.mark.parametrize("key, value", [("ASSIGNER", "max_iou"), ("TOPK", 2), ("ALPHA", 0.5), ("BETA", 2.0),
+                                        ("GAMMA", 0.0)])
+def test_shm_keys_reach_the_one_to_many_losses(key, value):
+    """Each SEMIDETR.SHM key of the stage-1 assignment changes the one-to-many losses of the same model on
+    the same batch, and leaves the one-to-one losses alone. (Large targets and wide predicted boxes: the
+    alignment metric s^a IoU^b of an untrained model's small boxes is ~0 whatever the keys.)"""
+    (default_o2m, default_o2o), (changed_o2m, changed_o2o) = _shm_losses(), _shm_losses(((key, value),))
+    assert changed_o2o == pytest.approx(default_o2o, rel=1e-6)
+    differences = [abs(changed_o2m[t] / default_o2m[t] - 1) for t in ("loss_class", "loss_bbox", "loss_giou")]
+    assert max(differences) > 0.01, differences
+
+
 def test_apply_to_labeled_false_keeps_labeled_images_one_to_one(runs):
     o2o, o2m, unlabeled_only = runs("ssod").at(0), runs("ssod_shm").at(0), runs("ssod_shm_unlabeled_only").at(0)
     for suffix in LOSS_SUFFIXES:
@@ -316,6 +363,7 @@ def test_semidetr_run_with_pseudo_labels_trains_every_part(runs):
     for metrics in (first, second):
         for term in BOX_TERMS:
             assert metrics[f"unsup_loss_{term}"] > 0 and metrics[f"unsup_loss_{term}_dn"] > 0, term
+    assert not any("consistency" in name for name in runs("ssod").scalars)  # SEMIDETR.CQC.ENABLED False
     # SEMIDETR.CQC.STAGES ['one_to_many']: the consistency loss in stage 1 only.
     assert first["loss_consistency"] > 0
     assert second.get("loss_consistency", 0.0) == 0.0
