@@ -105,7 +105,9 @@ def _toy_trainer(faults, max_nonfinite=3):
 def test_nonfinite_steps_are_skipped_and_counted(caplog):
     trainer, model = _toy_trainer(["", "loss", "gradient", ""])
     teacher = _ToyModel()
-    ema = EmaTeacherHook(EmaUpdater(teacher, model), momentum=0.5)
+    # No warm-up: the teacher then differs from the student after step 0, so an EMA update in a skipped
+    # step would move it (with warm-up it would be a copy of the unchanged student, and so unchanged).
+    ema = EmaTeacherHook(EmaUpdater(teacher, model), momentum=0.5, warmup=False)
     ema.trainer = type("T", (), {"_trainer": trainer, "iter": 0})()
     weights = []
     with EventStorage(0) as storage, caplog.at_level(logging.WARNING):
@@ -114,6 +116,7 @@ def test_nonfinite_steps_are_skipped_and_counted(caplog):
             trainer.run_step()
             ema.after_step()
             weights.append((model.weight.detach().clone(), teacher.weight.detach().clone()))
+    assert not torch.equal(weights[0][1], weights[0][0])
     # Steps 1 and 2 change neither the student (optimizer) nor the teacher (EMA).
     for skipped in (1, 2):
         torch.testing.assert_close(weights[skipped][0], weights[0][0], rtol=0, atol=0)

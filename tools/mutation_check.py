@@ -143,7 +143,7 @@ MUTANTS = [
      [RELIABILITY + "::test_nonfinite_loss_on_one_process_skips_the_step_on_every_process"]),
     ("ddp_target_count_local", PKG + "modeling/criterion.py",
      "dist.all_reduce(total)", "pass",
-     [RELIABILITY + "::test_rank_without_pseudo_labels_does_not_hang", "tests/test_engine.py::test_two_processes_on_cpu"]),
+     ["tests/test_distributed_collectives.py"]),
 ]
 
 
