@@ -62,14 +62,24 @@ def test_empty_targets_are_finite_and_only_classification():
 
 
 def test_class_agnostic_encoder_loss_uses_binary_targets():
-    criterion = _criterion()
+    """One-channel encoder logits (Deformable DETR's proposals): a target of class 1 is "object", so the
+    matched proposal's single logit has target 1 and every other proposal target 0."""
+    criterion = _criterion(c=1.0, b=1.0, g=1.0)
+    target_box = torch.tensor([0.5, 0.5, 0.2, 0.2])
+    enc_boxes = torch.tensor([[0.1, 0.1, 0.05, 0.05], [0.9, 0.9, 0.05, 0.05], target_box.tolist(),
+                              [0.2, 0.8, 0.05, 0.05], [0.8, 0.2, 0.05, 0.05], [0.1, 0.9, 0.05, 0.05]])[None]
+    enc_logits = torch.tensor([0.3, -0.2, 0.1, -1.0, 0.5, 0.0])[None, :, None]
     outputs = {
         "pred_logits": torch.randn(1, 1, 3, 2), "pred_boxes": torch.rand(1, 1, 3, 4) * 0.5 + 0.25,
-        "enc_logits": torch.randn(1, 6, 1), "enc_boxes": torch.rand(1, 6, 4) * 0.5 + 0.25,
+        "enc_logits": enc_logits, "enc_boxes": enc_boxes,
     }
-    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    targets = [{"labels": torch.tensor([1]), "boxes": target_box[None]}]
     losses = criterion(outputs, targets)
-    assert torch.isfinite(losses["loss_class_enc"]) and losses["loss_bbox_enc"] > 0
+    # The exact proposal (index 2) is matched: no box loss; the classification targets are binary.
+    assert losses["loss_bbox_enc"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_giou_enc"].item() == pytest.approx(0.0, abs=1e-5)
+    expected = sum(_focal(logit, 1.0 if q == 2 else 0.0) for q, logit in enumerate(enc_logits.flatten().tolist()))
+    assert losses["loss_class_enc"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_denoising_loss_targets_positive_queries_only():

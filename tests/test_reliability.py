@@ -25,6 +25,7 @@ from semidetr.semi.ema import EmaUpdater
 FAULTS = os.path.join(REPO_ROOT, "tests/scripts/train_with_faults.py")
 TRAIN_NET = os.path.join(REPO_ROOT, "tools/train_net.py")
 SEMIDETR_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/semidetr_shapes10_cpu.yaml")
+SSOD_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/ssod_baseline_shapes10_cpu.yaml")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def test_one_to_many_until_the_end_warns_about_nms(caplog):
 def test_unregistered_data_set_lists_close_names():
     from semidetr.data.catalog import ensure_registered
 
-    with pytest.raises(Exception, match="shapes_train"):
+    with pytest.raises(Exception, match=r"Close registered names: \[.*'shapes_train'.*DATASETS\.REGISTER"):
         ensure_registered("shapes_trian")
 
 
@@ -104,7 +105,9 @@ def _toy_trainer(faults, max_nonfinite=3):
 def test_nonfinite_steps_are_skipped_and_counted(caplog):
     trainer, model = _toy_trainer(["", "loss", "gradient", ""])
     teacher = _ToyModel()
-    ema = EmaTeacherHook(EmaUpdater(teacher, model), momentum=0.5)
+    # No warm-up: the teacher then differs from the student after step 0, so an EMA update in a skipped
+    # step would move it (with warm-up it would be a copy of the unchanged student, and so unchanged).
+    ema = EmaTeacherHook(EmaUpdater(teacher, model), momentum=0.5, warmup=False)
     ema.trainer = type("T", (), {"_trainer": trainer, "iter": 0})()
     weights = []
     with EventStorage(0) as storage, caplog.at_level(logging.WARNING):
@@ -113,6 +116,7 @@ def test_nonfinite_steps_are_skipped_and_counted(caplog):
             trainer.run_step()
             ema.after_step()
             weights.append((model.weight.detach().clone(), teacher.weight.detach().clone()))
+    assert not torch.equal(weights[0][1], weights[0][0])
     # Steps 1 and 2 change neither the student (optimizer) nor the teacher (EMA).
     for skipped in (1, 2):
         torch.testing.assert_close(weights[skipped][0], weights[0][0], rtol=0, atol=0)
@@ -192,23 +196,53 @@ def test_process_killed_while_saving_leaves_previous_checkpoint(micro_shapes, tm
     assert checkpoint["iteration"] == 0 and "teacher" in checkpoint
 
 
+def _records(path):
+    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+def _steps(record_dir):
+    """[(iteration, start iteration, batch)] of a run under SEMIDETR_FAULT=record_steps."""
+    records = _records(os.path.join(record_dir, "rank0_steps.jsonl"))
+    iterations = [r for r in records if "iter" in r]
+    batches = [r["batch"] for r in records if "batch" in r]
+    return [(r["iter"], r["start_iter"], batch) for r, batch in zip(iterations, batches)]
+
+
 def test_sigkill_then_resume_equals_uninterrupted_run(micro_shapes, tmp_path):
+    """--resume after a SIGKILL continues at the iteration after the last checkpoint, with the batches (the
+    same images, the same augmented pixels) the uninterrupted run had there, and ends with its weights."""
     opts = ("SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SEMIDETR.SHM.O2M_ITERS", "4")
-    straight = _Run(TRAIN_NET, SEMIDETR_CONFIG, _semi_opts(micro_shapes, tmp_path / "straight", *opts),
-                    tmp_path / "straight.txt")
+    records = {name: tmp_path / f"records_{name}" for name in ("straight", "killed", "resumed")}
+    for folder in records.values():
+        folder.mkdir()
+
+    def run(name, out, flags=()):
+        return _Run(FAULTS, SEMIDETR_CONFIG, _semi_opts(micro_shapes, out, *opts), tmp_path / f"{name}.txt",
+                    env={"SEMIDETR_FAULT": "record_steps", "SEMIDETR_FAULT_DIR": str(records[name])}, flags=flags)
+
+    straight = run("straight", tmp_path / "straight")
     straight_log = straight.wait()
     assert straight.process.returncode == 0, straight_log[-3000:]
 
     out = tmp_path / "killed"
-    killed = _Run(TRAIN_NET, SEMIDETR_CONFIG, _semi_opts(micro_shapes, out, *opts), tmp_path / "killed.txt")
+    killed = run("killed", out)
     tag = out / "last_checkpoint"
     killed.wait_for(lambda: tag.exists() and tag.read_text() == "model_0000002.pth")
     killed.kill()  # somewhere in iteration 3 or 4
     assert not (out / "model_final.pth").exists()
-    resumed = _Run(TRAIN_NET, SEMIDETR_CONFIG, _semi_opts(micro_shapes, out, *opts), tmp_path / "resumed.txt",
-                   flags=("--resume",))
+    resumed = run("resumed", out, flags=("--resume",))
     resumed_log = resumed.wait()
     assert resumed.process.returncode == 0, resumed_log[-3000:]
+
+    straight_steps, killed_steps, resumed_steps = (_steps(records[n]) for n in ("straight", "killed", "resumed"))
+    assert [step[0] for step in straight_steps] == list(range(6))
+    assert [step[0] for step in killed_steps][:3] == [0, 1, 2]
+    # The resumed run starts after the checkpoint of iteration 2, not from 0, and sees the data of the
+    # uninterrupted run at those iterations.
+    assert [(step[0], step[1]) for step in resumed_steps] == [(3, 3), (4, 3), (5, 3)]
+    assert "Starting training from iteration 3" in resumed_log
+    for (iteration, _, batch), (_, _, expected) in zip(resumed_steps, straight_steps[3:]):
+        assert batch == expected, f"iteration {iteration}"
 
     a = torch.load(tmp_path / "straight" / "model_final.pth", map_location="cpu", weights_only=True)
     b = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
@@ -237,6 +271,28 @@ def test_rank_without_pseudo_labels_does_not_hang(micro_shapes, tmp_path):
     students = [torch.load(tmp_path / f"rank{r}_student.pth", weights_only=True) for r in (0, 1)]
     for name in students[0]:
         torch.testing.assert_close(students[0][name], students[1][name], rtol=0, atol=0, msg=name)
+
+
+def test_nonfinite_loss_on_one_process_skips_the_step_on_every_process(micro_shapes, tmp_path):
+    """2 gloo processes; only rank 1 sees a NaN loss at iteration 1 (its gradients stay finite). Both skip
+    that step: neither student nor teacher changes on either rank, the ranks stay equal, training goes on;
+    the skip is counted in the metrics (`skipped_nonfinite_steps`) and rank 1 names the non-finite part."""
+    out = tmp_path / "ddp"
+    run = _Run(FAULTS, SSOD_CONFIG,
+               _semi_opts(micro_shapes, out, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "6"),
+               tmp_path / "log.txt", env={"SEMIDETR_FAULT": "nonfinite_rank1", "SEMIDETR_FAULT_DIR": str(tmp_path)},
+               flags=("--num-gpus", "2"))
+    log = run.wait(timeout=400)
+    assert run.process.returncode == 0, log[-4000:]
+    checksums = [_records(tmp_path / f"rank{r}_checksums.jsonl") for r in (0, 1)]
+    assert [c["iter"] for c in checksums[0]] == [0, 1, 2] and checksums[0] == checksums[1]
+    for model in ("student", "teacher"):
+        assert checksums[0][1][model] == checksums[0][0][model], model  # iteration 1 skipped
+        assert checksums[0][2][model] != checksums[0][1][model], model  # iteration 2 trained
+    metrics = _records(out / "metrics.json")
+    assert [m["skipped_nonfinite_steps"] for m in metrics if "skipped_nonfinite_steps" in m] == [1]
+    assert "Non-finite loss parts on this process: ['unsup_loss_class']" in open(out / "log.txt.rank1").read()
+    assert "Iteration 1: non-finite loss or gradient on another process" in open(out / "log.txt").read()
 
 
 def test_crash_in_one_rank_ends_the_job(micro_shapes, tmp_path):

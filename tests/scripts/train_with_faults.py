@@ -8,6 +8,11 @@ at import, so the processes that detectron2's launch() spawns (they import this 
     no_pseudo_labels_rank1  rank 1's teacher never yields a pseudo label; every rank records its CPM
                           thresholds and its final student parameters
     crash_rank1           rank 1 raises at iteration 2
+    nonfinite_rank1       rank 1 alone sees a NaN loss at iteration 1 (a NaN constant added to one loss: its
+                          gradients stay finite, so only the all-reduced decision can make rank 0 skip too);
+                          every rank records checksums of its student and teacher after every step
+    record_steps          records, per step, the iteration, the trainer's start iteration and the images of
+                          the batch (ids and pixel sums of every view)
 """
 import json
 import os
@@ -20,7 +25,10 @@ from detectron2.utils import comm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
 import train_net  # noqa: E402
 
-from semidetr.engine import semi_trainer  # noqa: E402
+from detectron2.engine import HookBase  # noqa: E402
+
+from semidetr.data import build as data_build  # noqa: E402
+from semidetr.engine import semi_trainer, train_loop  # noqa: E402
 from semidetr.semi import cost_mining, pseudo_labels  # noqa: E402
 
 FAULT = os.environ.get("SEMIDETR_FAULT", "")
@@ -87,6 +95,45 @@ elif FAULT == "crash_rank1":
         return _real_step(self)
 
     semi_trainer.SemiTrainer.run_step = _step
+
+elif FAULT == "nonfinite_rank1":
+    _real_apply_update = train_loop.DetrTrainer.apply_update
+
+    def _apply_update(self, loss_dict, data_time, extra_metrics=None):
+        if comm.get_rank() == 1 and self.iter == 1:
+            loss_dict = {**loss_dict, "unsup_loss_class": loss_dict["unsup_loss_class"] + float("nan")}
+        return _real_apply_update(self, loss_dict, data_time, extra_metrics)
+
+    train_loop.DetrTrainer.apply_update = _apply_update
+
+    class _ChecksumHook(HookBase):
+        def after_step(self):
+            models = self.trainer.models()
+            _record("checksums", {"iter": self.trainer.iter, **{
+                name: sum(float(p.double().sum()) for p in model.parameters()) for name, model in models.items()}})
+
+    _real_build_hooks = train_net.Trainer.build_hooks
+    train_net.Trainer.build_hooks = lambda self: _real_build_hooks(self) + [_ChecksumHook()]
+
+elif FAULT == "record_steps":
+    class _StepHook(HookBase):
+        def before_step(self):
+            _record("steps", {"iter": self.trainer.iter, "start_iter": self.trainer.start_iter})
+
+    _real_build_hooks = train_net.Trainer.build_hooks
+    train_net.Trainer.build_hooks = lambda self: _real_build_hooks(self) + [_StepHook()]
+    _real_iter = data_build.TwoStreamLoader.__iter__
+
+    def _view(view):
+        return [view["image_id"], float(view["image"].double().sum())]
+
+    def _iter(self):
+        for labeled, unlabeled in _real_iter(self):
+            _record("steps", {"batch": [_view(x) for x in labeled] + [
+                _view(pair[key]) for pair in unlabeled for key in ("weak", "strong")]})
+            yield labeled, unlabeled
+
+    data_build.TwoStreamLoader.__iter__ = _iter
 
 
 if __name__ == "__main__":

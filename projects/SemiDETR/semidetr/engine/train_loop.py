@@ -201,10 +201,13 @@ class DetrTrainer(SimpleTrainer):
         self.nonfinite_in_a_row += 1
         self.nonfinite_total += 1
         bad_parts = sorted(k for k, v in loss_dict.items() if not torch.isfinite(v.detach()).all())
+        # The decision is all-reduced: a process whose own loss and gradient are finite skips too.
+        what = "loss" if bad_parts else "gradient" if not torch.isfinite(grad_norm) else \
+            "loss or gradient on another process"
         logger.warning(
             "Iteration %d: non-finite %s; step skipped (optimizer and teacher unchanged), %d in a row "
             "(limit SOLVER.MAX_NONFINITE_STEPS=%d). Non-finite loss parts on this process: %s; gradient "
-            "norm: %s", self.iter, "loss" if bad_parts else "gradient", self.nonfinite_in_a_row,
+            "norm: %s", self.iter, what, self.nonfinite_in_a_row,
             self.max_nonfinite_steps, bad_parts or "none", float(grad_norm))
         self.optimizer.zero_grad(set_to_none=True)
         if comm.is_main_process():

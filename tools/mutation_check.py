@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Mutation check of the test suite: plant one-line bugs, one at a time, and see whether the relevant tests
+notice. Not part of CI (it runs the selected tests once per mutant).
+
+    python tools/mutation_check.py                 # every mutant
+    python tools/mutation_check.py --only ema_     # mutants whose name contains "ema_"
+    python tools/mutation_check.py --list
+
+Each mutant is (name, file, original line, mutated line, pytest selection). The tracked and untracked
+(not ignored) files of the repository are copied to a temporary folder; the mutant is written into that
+copy only, PYTHONPATH points at the copy's package, the selection runs there (the tests find the copy's
+tools/ and configs/ through their own location), and the copy's file is restored afterwards. The real
+files are never edited. A mutant whose original line is not found exactly once is reported as "n/a" (the
+code moved on; update the list).
+
+Result per mutant: "caught" (the selection failed), "SURVIVED" (it passed), "timeout" (counted as caught:
+a hang is noticed), "n/a". A table is printed at the end and written to --report (Markdown).
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = "projects/SemiDETR/semidetr/"
+WIRING = "tests/test_semi_wiring.py"
+RELIABILITY = "tests/test_reliability.py"
+
+# (name, file, original line (stripped; matched against stripped lines), mutated line, pytest selection)
+MUTANTS = [
+    # --- the semi-supervised step (engine/semi_trainer.py)
+    ("step_drop_unsup_weight", PKG + "engine/semi_trainer.py",
+     "loss_dict = {name: value * self.unsup_weight if name.startswith(UNSUP_PREFIX) else value",
+     "loss_dict = {name: value if name.startswith(UNSUP_PREFIX) else value",
+     [WIRING + "::test_unsup_loss_weight_scales_the_unsupervised_losses_only"]),
+    ("step_denoise_off", PKG + "engine/semi_trainer.py",
+     "denoise = self.stage in self.pseudo_label_denoising_stages", "denoise = False",
+     [WIRING + "::test_stage_switches_exactly_at_t1_and_pseudo_label_denoising_follows_the_stage"]),
+    ("step_denoise_inverted", PKG + "engine/semi_trainer.py",
+     "denoise = self.stage in self.pseudo_label_denoising_stages",
+     "denoise = self.stage not in self.pseudo_label_denoising_stages",
+     [WIRING + "::test_stage_switches_exactly_at_t1_and_pseudo_label_denoising_follows_the_stage"]),
+    ("step_labeled_always_stage_assignment", PKG + "engine/semi_trainer.py",
+     "labeled_assignment = assignment if self.one_to_many_for_labeled else ONE_TO_ONE",
+     "labeled_assignment = assignment",
+     [WIRING + "::test_apply_to_labeled_false_keeps_labeled_images_one_to_one"]),
+    ("step_unlabeled_always_one_to_one", PKG + "engine/semi_trainer.py",
+     "assignment = self.stage", "assignment = ONE_TO_ONE",
+     [WIRING + "::test_one_to_many_stage_changes_the_assignment_of_both_groups"]),
+    ("step_empty_weight_for_every_image", PKG + "engine/semi_trainer.py",
+     '"class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
+     '"class_loss_weight": self.empty_image_class_weight}',
+     [WIRING + "::test_ignore_policy_leaves_images_with_pseudo_labels_alone_and_monitoring_never_reaches_a_loss"]),
+    ("step_ignore_policy_dropped", PKG + "engine/semi_trainer.py",
+     '"class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
+     '"class_loss_weight": 1.0}',
+     ["tests/test_engine.py::test_semi_step_without_pseudo_labels"]),
+    ("step_cqc_in_every_stage", PKG + "engine/semi_trainer.py",
+     "consistency_on = self.consistency is not None and self.consistency.active(self.stage)",
+     "consistency_on = self.consistency is not None",
+     [WIRING + "::test_semidetr_run_with_pseudo_labels_trains_every_part"]),
+    # --- the pseudo labeler (semi/pseudo_labels.py)
+    ("pseudo_strict_threshold", PKG + "semi/pseudo_labels.py",
+     "keep = predictions.scores >= self.score_threshold", "keep = predictions.scores > self.score_threshold",
+     [WIRING + "::test_score_exactly_at_tau_s_is_a_pseudo_label"]),
+    ("pseudo_nms_never", PKG + "semi/pseudo_labels.py",
+     "if self.nms_threshold > 0 and len(filtered):", "if False:",
+     [WIRING + "::test_pseudo_label_nms_removes_duplicates_of_the_same_teacher_output"]),
+    ("pseudo_mapping_reversed", PKG + "semi/pseudo_labels.py",
+     'boxes, keep = map_boxes(selected.pred_boxes.tensor, weak["transform_matrix"], strong["transform_matrix"],',
+     'boxes, keep = map_boxes(selected.pred_boxes.tensor, strong["transform_matrix"], weak["transform_matrix"],',
+     ["tests/test_semi_components.py::test_pseudo_labels_score_filter_and_weak_to_strong_mapping"]),
+    # --- CQC / CPM (semi/query_consistency.py, semi/cost_mining.py)
+    ("cqc_keep_mask_ignored", PKG + "semi/query_consistency.py",
+     "selected = _pad_mask(keep, student_hidden.shape[2], student_hidden.device)",
+     "selected = _pad_mask([torch.ones_like(k) for k in keep], student_hidden.shape[2], student_hidden.device)",
+     ["tests/test_semi_components.py", "tests/test_cost_mining.py"]),
+    ("cpm_mean_std_without_std", PKG + "semi/cost_mining.py",
+     "keep = (scores >= mean + std - _SCORE_TOLERANCE) & valid", "keep = (scores >= mean - _SCORE_TOLERANCE) & valid",
+     ["tests/test_cost_mining.py"]),
+    ("cpm_keep_above_threshold", PKG + "semi/cost_mining.py",
+     "keep = [torch.from_numpy(cost <= threshold).to(device) for cost in local_costs]",
+     "keep = [torch.from_numpy(cost >= threshold).to(device) for cost in local_costs]",
+     ["tests/test_cost_mining.py"]),
+    # --- the stage switch (engine/stage.py)
+    ("stage_switch_one_late", PKG + "engine/stage.py",
+     "if cfg.SEMIDETR.SHM.ENABLED and iteration < cfg.SEMIDETR.SHM.O2M_ITERS:",
+     "if cfg.SEMIDETR.SHM.ENABLED and iteration <= cfg.SEMIDETR.SHM.O2M_ITERS:",
+     [WIRING + "::test_stage_switches_exactly_at_t1_and_pseudo_label_denoising_follows_the_stage"]),
+    ("stage_no_test_nms", PKG + "engine/stage.py",
+     "return cfg.SEMIDETR.SHM.TEST_NMS_THRESH if stage == ONE_TO_MANY else cfg.MODEL.DETR.TEST_NMS_THRESH",
+     "return cfg.MODEL.DETR.TEST_NMS_THRESH",
+     [WIRING + "::test_checkpoint_of_a_run_ending_before_t1_predicts_with_nms"]),
+    # --- the EMA teacher (semi/ema.py, engine/hooks.py, engine/trainer.py)
+    ("ema_hook_ignores_warmup_switch", PKG + "engine/hooks.py",
+     "self.updater.update(ema_decay(self.momentum, self.trainer.iter, self.warmup))",
+     "self.updater.update(ema_decay(self.momentum, self.trainer.iter))",
+     [WIRING + "::test_without_ema_warmup_the_teacher_keeps_momentum_from_the_first_step"]),
+    ("ema_trainer_ignores_cfg_warmup", PKG + "engine/trainer.py",
+     "ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM, cfg.SEMI.EMA_WARMUP))",
+     "ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM))",
+     [WIRING + "::test_without_ema_warmup_the_teacher_keeps_momentum_from_the_first_step"]),
+    ("ema_updates_after_skipped_step", PKG + "engine/hooks.py",
+     "if self.trainer._trainer.last_step_skipped:", "if False:",
+     [RELIABILITY + "::test_nonfinite_steps_are_skipped_and_counted"]),
+    ("ema_warmup_off_by_one", PKG + "semi/ema.py",
+     "return min(momentum, 1.0 - 1.0 / (iteration + 1)) if warmup else momentum",
+     "return min(momentum, 1.0 - 1.0 / (iteration + 2)) if warmup else momentum",
+     ["tests/test_semi_components.py::test_ema_decay_schedule",
+      WIRING + "::test_ema_warmup_makes_the_first_teacher_a_copy_of_the_student"]),
+    ("ema_lerp_reversed", PKG + "semi/ema.py",
+     "torch._foreach_lerp_(teacher, [s.detach() for s in student], 1.0 - decay)",
+     "torch._foreach_lerp_(teacher, [s.detach() for s in student], decay)",
+     ["tests/test_semi_components.py::test_ema_update_arithmetic"]),
+    ("trainer_fixed_unsup_weight", PKG + "engine/trainer.py",
+     "unsup_weight=cfg.SEMI.UNSUP_LOSS_WEIGHT,", "unsup_weight=4.0,",
+     [WIRING + "::test_unsup_loss_weight_scales_the_unsupervised_losses_only"]),
+    # --- the criterion (modeling/criterion.py)
+    ("criterion_encoder_labels_not_binary", PKG + "modeling/criterion.py",
+     "enc_labels = torch.zeros_like(labels)", "enc_labels = labels",
+     ["tests/test_criterion.py::test_class_agnostic_encoder_loss_uses_binary_targets"]),
+    ("criterion_image_weights_ignored", PKG + "modeling/criterion.py",
+     "loss_class = weight_images(focal, image_weights).flatten(1).sum(1) / normalizer",
+     "loss_class = focal.flatten(1).sum(1) / normalizer",
+     ["tests/test_criterion.py::test_zero_image_weight_removes_an_image_without_targets"]),
+    ("criterion_dn_targets_ignored", PKG + "modeling/criterion.py",
+     "losses.update(self.denoising_losses(outputs, targets if dn_targets is None else dn_targets, denoising,",
+     "losses.update(self.denoising_losses(outputs, targets, denoising,",
+     ["tests/test_criterion.py", WIRING + "::test_stage_switches_exactly_at_t1_and_pseudo_label_denoising_follows_the_stage"]),
+    # --- resume (tools/train_net.py, engine/trainer.py)
+    ("resume_ignored", "tools/train_net.py",
+     "trainer.resume_or_load(resume=args.resume)", "trainer.resume_or_load(resume=False)",
+     [RELIABILITY + "::test_sigkill_then_resume_equals_uninterrupted_run"]),
+    ("resume_data_from_start", PKG + "engine/trainer.py",
+     "self._trainer.data_loader.start_at(self.start_iter)", "self._trainer.data_loader.start_at(0)",
+     [RELIABILITY + "::test_sigkill_then_resume_equals_uninterrupted_run"]),
+    # --- distributed decisions (engine/train_loop.py, modeling/criterion.py)
+    ("ddp_skip_decision_local", PKG + "engine/train_loop.py",
+     "dist.all_reduce(finite, op=dist.ReduceOp.MIN)", "pass",
+     [RELIABILITY + "::test_nonfinite_loss_on_one_process_skips_the_step_on_every_process"]),
+    ("ddp_target_count_local", PKG + "modeling/criterion.py",
+     "dist.all_reduce(total)", "pass",
+     ["tests/test_distributed_collectives.py"]),
+]
+
+
+def _copy_repo(destination: str) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           stdout=subprocess.PIPE, text=True).stdout.split("\n")
+    for relative in filter(None, files):
+        source = os.path.join(ROOT, relative)
+        if relative == ".venv" or relative.startswith(".venv/") or not os.path.isfile(source):
+            continue
+        target = os.path.join(destination, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(source, target)
+    os.symlink(os.path.realpath(os.path.join(ROOT, ".venv")), os.path.join(destination, ".venv"))
+
+
+def _mutate(text: str, original: str, mutated: str):
+    lines = text.split("\n")
+    hits = [i for i, line in enumerate(lines) if line.strip() == original.strip()]
+    if len(hits) != 1:
+        return None
+    line = lines[hits[0]]
+    lines[hits[0]] = line[: len(line) - len(line.lstrip())] + mutated.strip()
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run the mutants whose name contains this")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per mutant")
+    parser.add_argument("--report", default="", help="write the Markdown table here")
+    args = parser.parse_args()
+    mutants = [m for m in MUTANTS if args.only in m[0]]
+    if args.list:
+        for name, path, *_ in mutants:
+            print(f"{name:40s} {path}")
+        return 0
+    python = os.path.join(ROOT, ".venv", "bin", "python")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="semidetr_mutants_") as copy:
+        _copy_repo(copy)
+        env = {**os.environ, "PYTHONPATH": os.path.join(copy, "projects", "SemiDETR")}
+        probe = subprocess.run([python, "-c", "import semidetr; print(semidetr.__file__)"], cwd=copy, env=env,
+                               stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+        assert probe.startswith(copy), f"the copy is not the package imported: {probe}"
+        for name, path, original, mutated, selection in mutants:
+            target = os.path.join(copy, path)
+            text = open(target).read()
+            planted = _mutate(text, original, mutated)
+            if planted is None:
+                rows.append((name, path, "n/a", 0.0, "original line not found exactly once"))
+                print(f"{name}: n/a", flush=True)
+                continue
+            open(target, "w").write(planted)
+            start = time.time()
+            try:
+                result = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection],
+                                        cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, timeout=args.timeout)
+                status = "SURVIVED" if result.returncode == 0 else "caught"
+                tail = result.stdout.strip().split("\n")[-1]
+            except subprocess.TimeoutExpired:
+                status, tail = "timeout", f"no result after {args.timeout:.0f} s"
+            finally:
+                open(target, "w").write(text)
+            rows.append((name, path, status, time.time() - start, tail))
+            print(f"{name}: {status} ({time.time() - start:.0f} s) {tail}", flush=True)
+    table = ["| Mutant | File | Result | Seconds | Last line of pytest |", "| --- | --- | --- | --- | --- |"]
+    table += [f"| {n} | {p} | {s} | {t:.0f} | {tail.replace('|', '/')} |" for n, p, s, t, tail in rows]
+    caught = sum(s in ("caught", "timeout") for _, _, s, _, _ in rows)
+    planted = sum(s != "n/a" for _, _, s, _, _ in rows)
+    table.append(f"\n{planted} planted, {caught} caught, {planted - caught} survived.")
+    print("\n".join(table))
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write("\n".join(table) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
