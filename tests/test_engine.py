@@ -150,7 +150,7 @@ def test_two_processes_on_cpu(micro_shapes, tmp_path, semi):
     else:
         config, opts = SUP_CONFIG, micro_config_args(micro_shapes, out, "SOLVER.IMS_PER_BATCH", "4")
     command = [sys.executable, os.path.join(REPO_ROOT, "tools/train_net.py"), "--config-file", config,
-               "--num-gpus", "2", *opts, "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "0"]
+               "--num-gpus", "2", "--dist-url", "auto", *opts, "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "0"]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
                             cwd=REPO_ROOT)
     assert result.returncode == 0, result.stdout[-3000:]

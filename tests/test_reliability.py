@@ -263,7 +263,7 @@ def test_rank_without_pseudo_labels_does_not_hang(micro_shapes, tmp_path):
                _semi_opts(micro_shapes, out, "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "6",
                           "SEMIDETR.SHM.O2M_ITERS", "2", "SEMI.PSEUDO_SCORE_THRESH", "0.05"), tmp_path / "log.txt",
                env={"SEMIDETR_FAULT": "no_pseudo_labels_rank1", "SEMIDETR_FAULT_DIR": str(tmp_path)},
-               flags=("--num-gpus", "2"))
+               flags=("--num-gpus", "2", "--dist-url", "auto"))
     log = run.wait(timeout=400)
     assert run.process.returncode == 0, log[-4000:]
     thresholds = [[json.loads(line) for line in open(tmp_path / f"rank{r}_gmm_thresholds.jsonl")] for r in (0, 1)]
@@ -281,7 +281,7 @@ def test_nonfinite_loss_on_one_process_skips_the_step_on_every_process(micro_sha
     run = _Run(FAULTS, SSOD_CONFIG,
                _semi_opts(micro_shapes, out, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "6"),
                tmp_path / "log.txt", env={"SEMIDETR_FAULT": "nonfinite_rank1", "SEMIDETR_FAULT_DIR": str(tmp_path)},
-               flags=("--num-gpus", "2"))
+               flags=("--num-gpus", "2", "--dist-url", "auto"))
     log = run.wait(timeout=400)
     assert run.process.returncode == 0, log[-4000:]
     checksums = [_records(tmp_path / f"rank{r}_checksums.jsonl") for r in (0, 1)]
@@ -298,7 +298,8 @@ def test_nonfinite_loss_on_one_process_skips_the_step_on_every_process(micro_sha
 def test_crash_in_one_rank_ends_the_job(micro_shapes, tmp_path):
     run = _Run(FAULTS, SEMIDETR_CONFIG,
                _semi_opts(micro_shapes, tmp_path / "crash", "SOLVER.MAX_ITER", "6", "SOLVER.IMS_PER_BATCH", "6"),
-               tmp_path / "log.txt", env={"SEMIDETR_FAULT": "crash_rank1"}, flags=("--num-gpus", "2"))
+               tmp_path / "log.txt", env={"SEMIDETR_FAULT": "crash_rank1"},
+               flags=("--num-gpus", "2", "--dist-url", "auto"))
     log = run.wait(timeout=300)
     assert run.process.returncode != 0
     assert "injected failure in rank 1 at iteration 2" in log
