@@ -118,7 +118,7 @@ def row_overrides(row, args):
     if row == "sup_only":
         return []
     half = str(args.iters // 2)
-    ssod = ["SEMIDETR.SHM.ENABLED", "False", "SEMIDETR.CQC.ENABLED", "False", "SEMI.PSEUDO_NMS_THRESH", "0.0"]
+    ssod = ["SEMIDETR.SHM.ENABLED", "False", "SEMIDETR.CQC.ENABLED", "False"]
     # The teacher starts from the burn-in: no EMA warm-up, which would make it a copy of the student
     # during the first ~1 / (1 - m) iterations.
     return ["SEMI.EMA_WARMUP", "False", *{
