@@ -386,3 +386,20 @@ def test_table4_rows_differ_only_in_their_component():
     assert not rows["shm"].SEMIDETR.CQC.ENABLED and rows["shm_cqc"].SEMIDETR.CQC.ENABLED
     assert rows["shm_cqc"].SEMIDETR.CPM.METHOD == "mean_std" and rows["semidetr"].SEMIDETR.CPM.METHOD == "gmm"
     assert rows["shm"].SEMIDETR.SHM == rows["semidetr"].SEMIDETR.SHM
+
+
+# ------------------------------------------------------------------------------------------------------
+# Strong views: the box-exact switch
+def test_box_exact_geometry_keeps_the_translations_and_makes_mapped_boxes_tight():
+    from semidetr.data.transforms import build_view_augmentation
+
+    assert build_view_augmentation(_cfg(), "strong").geometric_ops == ("translate_x", "translate_y", "rotate", "shear")
+    exact = build_view_augmentation(_cfg("INPUT.AUG.BOX_EXACT_GEOMETRY", "True"), "strong")
+    assert exact.geometric_ops == ("translate_x", "translate_y")
+    spec = importlib.util.spec_from_file_location("measure", os.path.join(REPO_ROOT, "tools/measure_view_box_accuracy.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tight, _ = tool.measure(_cfg("INPUT.AUG.BOX_EXACT_GEOMETRY", "True"), samples=10, seed=0)
+    assert all(iou.min() > 0.999 for iou, _ in tight.values())
+    loose, _ = tool.measure(_cfg("INPUT.AUG.GEOMETRIC_OPS", "['rotate']"), samples=10, seed=0)
+    assert loose["circle"][0].mean() < 0.9  # the box of a rotated box is larger than the circle's box

@@ -144,6 +144,12 @@ def _add_input_config(cfg: CN) -> None:
     # Geometric operations of the strong view; one of them is applied. Names: translate_x,
     # translate_y, rotate, shear (shear in x then in y, as the official code).
     cfg.INPUT.AUG.GEOMETRIC_OPS = ["translate_x", "translate_y", "rotate", "shear"]
+    # Keep the strong view's geometric operations box-exact: only the translations of GEOMETRIC_OPS
+    # (with the resize and flip of every view), no rotate / shear, whose mapped boxes (the bounding box of
+    # the box's four corners, as in the official code) are larger than the objects' tight boxes - for round
+    # objects much larger (measured: BENCHMARKS.md, "Box accuracy of the strong view"). Default False: the
+    # official pipeline (base_dino_detr_ssod_coco.py:95-106).
+    cfg.INPUT.AUG.BOX_EXACT_GEOMETRY = False
     # Translation range as a fraction of the image size (official: 0.1).
     cfg.INPUT.AUG.TRANSLATE_FRACTION = 0.1
     # Rotation range in degrees (official: 30).
