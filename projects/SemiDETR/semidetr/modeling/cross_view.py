@@ -60,22 +60,28 @@ def resolve_cqc(cfg) -> dict:
 
 
 class _ConvProjector(nn.Module):
-    """The official projector (dino_detr_ssod.py:33-72), with its widths scaled to d_model (256 -> 1024 there)."""
+    """The official projector (dino_detr_ssod.py:33-72), with its widths scaled to d_model (256 -> 1024 there).
+
+    Its batch norms always normalise with the statistics of the batch's RoIs (no running statistics): the
+    official projector only ever runs in training mode, and running statistics would differ between
+    processes (each sees its own RoIs; buffers are not broadcast)."""
 
     def __init__(self, d_model: int, roi_size: int):
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False), nn.BatchNorm2d(d_model), nn.ReLU(),
-            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False), nn.BatchNorm2d(d_model), nn.ReLU())
+            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False), nn.BatchNorm2d(d_model, track_running_stats=False),
+            nn.ReLU(),
+            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False), nn.BatchNorm2d(d_model, track_running_stats=False),
+            nn.ReLU())
         self.fcs = nn.Sequential(
-            nn.Flatten(), nn.Linear(d_model * roi_size * roi_size, 4 * d_model), nn.BatchNorm1d(4 * d_model), nn.ReLU(),
-            nn.Linear(4 * d_model, d_model), nn.ReLU())
+            nn.Flatten(), nn.Linear(d_model * roi_size * roi_size, 4 * d_model),
+            nn.BatchNorm1d(4 * d_model, track_running_stats=False), nn.ReLU(), nn.Linear(4 * d_model, d_model), nn.ReLU())
 
     def forward(self, pooled: Tensor) -> Tensor:
         n = pooled.shape[0]
         if n == 0:  # nothing to embed: an empty result that still ties the parameters to the graph (DDP)
             return pooled.new_zeros(0, self.fcs[-2].out_features) + 0.0 * sum(p.sum() for p in self.parameters())
-        if n == 1 and self.training:
+        if n == 1:
             # Batch norm needs two values; two copies give the statistics of the official code's five
             # copies of every box (dino_detr_ssod.py:533-593).
             return self.fcs(self.convs(pooled.expand(2, -1, -1, -1)))[:1]
