@@ -188,6 +188,18 @@ def test_default_pseudo_label_rule_is_the_official_one_for_every_semi_config():
         assert cfg.SEMI.PSEUDO_NMS_THRESH == 0.6 and cfg.SEMI.PSEUDO_CLIP_BOXES, config
         assert list(cfg.SEMI.PSEUDO_LABEL_DENOISING) == ["one_to_one"], config
         assert cfg.SEMIDETR.CQC.VARIANT == "official", config
+    # T1 of COCO-Full: the official warm_up_step (the paper says 180k)
+    assert _cfg("configs/coco_full/semidetr_dino.yaml").SEMIDETR.SHM.O2M_ITERS == 120000
+
+
+@pytest.mark.parametrize("key, value", [("SEMIDETR.CQC.VARIANT", "both"), ("SEMIDETR.CQC.CANDIDATES", "all"),
+                                        ("SEMIDETR.CQC.PROJECTOR", "resnet"), ("SEMIDETR.CQC.LOSS", "l1")])
+def test_cqc_config_errors_name_the_key(key, value):
+    from semidetr.engine.config_checks import check_config
+
+    cfg = _cfg("configs/quick_schedules/semidetr_shapes10_cpu.yaml", key, value)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        check_config(cfg)
 
 
 # ------------------------------------------------------------------------------------------------------
