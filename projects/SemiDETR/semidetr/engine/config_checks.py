@@ -78,8 +78,8 @@ def _semi_errors(cfg, world_size: int):
     if cqc.ENABLED:
         if cqc.VARIANT not in CQC_VARIANTS:
             errors.append(f"SEMIDETR.CQC.VARIANT={cqc.VARIANT!r} is not one of {sorted(CQC_VARIANTS)}")
-        for key, value, valid in (("LOSS", cqc.LOSS, CONSISTENCY_LOSSES), ("CANDIDATES", cqc.CANDIDATES, CANDIDATE_SETS),
-                                  ("PROJECTOR", cqc.PROJECTOR, PROJECTORS)):
+        for key, value, valid in (("LOSS", cqc.LOSS, CONSISTENCY_LOSSES),
+                                  ("CANDIDATES", cqc.CANDIDATES, CANDIDATE_SETS), ("PROJECTOR", cqc.PROJECTOR, PROJECTORS)):
             if value and value not in valid:
                 errors.append(f"SEMIDETR.CQC.{key}={value!r} is not one of {list(valid)} (or '' for the variant's)")
         if cpm.METHOD not in MINING_METHODS:

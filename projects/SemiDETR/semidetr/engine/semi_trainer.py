@@ -5,10 +5,11 @@ Each step (paper Fig. 3 and eq. 13):
   2. pseudo labels: the teacher's detections with class-aware NMS (SEMI.PSEUDO_NMS_THRESH, passed to
      `teacher.predict`; evaluation NMS never applies here), score >= tau_s, mapped from each weak view
      into its strong view;
-  3. [CQC] cross-view candidates and the teacher's embeddings c_t of them (semi/query_consistency.py);
+  3. [CQC] cross-view candidates and the teacher's embeddings c_t of them, or (official variant) their
+     RoI features, which the student's projector embeds (semi/query_consistency.py);
   4. one student forward over labeled images + strong views (loss groups "" and "unsup"), with
      one-to-many assignment in Stage-wise Hybrid Matching's first stage, one-to-one after it;
-  5. [CQC + CPM] the teacher decodes the student's c_s; mined candidates enter the consistency loss;
+  5. [CQC + CPM] the teacher decodes the student's embeddings; mined candidates enter the consistency loss;
   6. L = L_sup + w_u * L_unsup (+ w_c * L_c, times w_u too in the official CQC), backward, clip, step
      (skipped if anything is non-finite);
   7. hooks: EMA update of the teacher, stage switch, evaluation, checkpoints.
@@ -41,8 +42,9 @@ class SemiTrainer(DetrTrainer):
     def __init__(self, model, teacher, data_loader, optimizer, *, pseudo_labeler: PseudoLabeler,
                  unsup_weight: float, pseudo_label_denoising_stages=(ONE_TO_ONE,),
                  stage_schedule: StageSchedule = StageSchedule(), pseudo_nms_thresh: float = 0.6,
-                 clip_pseudo_boxes: bool = True, one_to_many_for_labeled: bool = True, consistency: Optional[CrossViewConsistency] = None,
-                 images_without_pseudo_labels: str = "background", visualizer=None, vis_period: int = 0, **kwargs):
+                 clip_pseudo_boxes: bool = True, one_to_many_for_labeled: bool = True,
+                 consistency: Optional[CrossViewConsistency] = None, images_without_pseudo_labels: str = "background",
+                 visualizer=None, vis_period: int = 0, **kwargs):
         """
         Args:
             model: the student (possibly DDP-wrapped); teacher: its EMA copy (eval mode, no grad).

@@ -69,10 +69,10 @@ class _ConvProjector(nn.Module):
     def __init__(self, d_model: int, roi_size: int):
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False), nn.BatchNorm2d(d_model, track_running_stats=False),
-            nn.ReLU(),
-            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False), nn.BatchNorm2d(d_model, track_running_stats=False),
-            nn.ReLU())
+            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False),
+            nn.BatchNorm2d(d_model, track_running_stats=False), nn.ReLU(),
+            nn.Conv2d(d_model, d_model, 3, padding=1, bias=False),
+            nn.BatchNorm2d(d_model, track_running_stats=False), nn.ReLU())
         self.fcs = nn.Sequential(
             nn.Flatten(), nn.Linear(d_model * roi_size * roi_size, 4 * d_model),
             nn.BatchNorm1d(4 * d_model, track_running_stats=False), nn.ReLU(), nn.Linear(4 * d_model, d_model), nn.ReLU())
