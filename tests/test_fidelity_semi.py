@@ -111,6 +111,16 @@ def test_duplicate_measure_counts_boxes_on_an_object_already_hit():
     assert metrics["pseudo/duplicates@0.5"] == pytest.approx(2 / 5)  # and show up here
 
 
+def test_mean_std_floor_drops_pseudo_labels_below_the_images_mean_plus_std():
+    predictions = Instances((100, 200))
+    scores = torch.tensor([0.9, 0.7, 0.45, 0.1, 0.1, 0.1, 0.1, 0.1])  # mean + std = 0.62
+    predictions.scores, predictions.pred_classes = scores, torch.zeros(8, dtype=torch.long)
+    predictions.pred_boxes = Boxes(torch.tensor([[10.0, 10, 40, 40]]).repeat(8, 1))
+    assert PseudoLabeler(0.4).filter(predictions).scores.tolist() == pytest.approx([0.9, 0.7, 0.45])
+    assert PseudoLabeler(0.4, mean_std_floor=True).filter(predictions).scores.tolist() == pytest.approx([0.9, 0.7])
+    assert _cfg().SEMI.PSEUDO_MEAN_STD_FLOOR  # the official rule by default
+
+
 # ------------------------------------------------------------------------------------------------------
 # The stage: one owner, derived from the iteration
 def test_stage_schedule_from_the_iteration():

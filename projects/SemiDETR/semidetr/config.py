@@ -193,6 +193,11 @@ def _add_semi_config(cfg: CN) -> None:
     cfg.SEMI.SAMPLE_RATIO = (1, 4)
     # Teacher score threshold tau_s for pseudo labels (paper: 0.4).
     cfg.SEMI.PSEUDO_SCORE_THRESH = 0.4
+    # Pseudo labels must also score >= the mean + std of their image's detections (after NMS). Default on:
+    # the official code filters every image's detections by mean + std first (dino_detr_ssod.py:918-939)
+    # and takes the pseudo labels of the detection loss among them (:336-343); an image with few, all
+    # confident detections can then keep fewer than tau_s alone would. The paper: tau_s only (False).
+    cfg.SEMI.PSEUDO_MEAN_STD_FLOOR = True
     # Weight w_u of the unsupervised loss (paper: 4 for COCO-Partial and VOC, 2 for COCO-Full).
     cfg.SEMI.UNSUP_LOSS_WEIGHT = 4.0
     # EMA momentum m of the teacher: teacher = d * teacher + (1 - d) * student with

@@ -224,7 +224,7 @@ class Trainer(DefaultTrainer):
 
 
 def build_pseudo_labeler(cfg) -> PseudoLabeler:
-    return PseudoLabeler(cfg.SEMI.PSEUDO_SCORE_THRESH, cfg.INPUT.AUG.MIN_BOX_SIZE)
+    return PseudoLabeler(cfg.SEMI.PSEUDO_SCORE_THRESH, cfg.INPUT.AUG.MIN_BOX_SIZE, cfg.SEMI.PSEUDO_MEAN_STD_FLOOR)
 
 
 def build_cross_view_consistency(cfg):

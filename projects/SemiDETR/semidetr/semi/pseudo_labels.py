@@ -2,7 +2,8 @@
 
 The teacher's detections arrive clipped to the weak view and after class-aware NMS (both done by
 `detector.predict`, with the settings SEMI.PSEUDO_CLIP_BOXES / SEMI.PSEUDO_NMS_THRESH passed by the
-SemiTrainer); here they are filtered by score (tau_s) and mapped into the strong view."""
+SemiTrainer); here they are filtered by score (tau_s, and the image's mean + std with
+SEMI.PSEUDO_MEAN_STD_FLOOR) and mapped into the strong view."""
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
@@ -58,14 +59,22 @@ def duplicate_hits(pred_boxes: Tensor, pred_classes: Tensor, gt_boxes: Tensor, g
 class PseudoLabeler:
     """Score filter (tau_s) and the weak -> strong box mapping of the teacher's (NMS-ed) detections."""
 
-    def __init__(self, score_threshold: float, min_box_size: float = 1.0):
+    def __init__(self, score_threshold: float, min_box_size: float = 1.0, mean_std_floor: bool = False):
+        """mean_std_floor: keep only detections that also score >= the mean + std of their image's
+        detections (SEMI.PSEUDO_MEAN_STD_FLOOR, the official code's rule)."""
         if not 0.0 < score_threshold < 1.0:
             raise ValueError(f"SEMI.PSEUDO_SCORE_THRESH={score_threshold} must lie in (0, 1)")
         self.score_threshold = score_threshold
         self.min_box_size = min_box_size
+        self.mean_std_floor = mean_std_floor
 
     def filter(self, predictions: Instances) -> Instances:
-        return predictions[predictions.scores >= self.score_threshold]
+        keep = predictions.scores >= self.score_threshold
+        if self.mean_std_floor:
+            from .cost_mining import mean_std_candidates  # cost_mining imports this module
+
+            keep &= mean_std_candidates(predictions.scores)
+        return predictions[keep]
 
     def __call__(self, predictions: List[Instances], weak_views: List[Dict], strong_views: List[Dict]) -> PseudoLabelBatch:
         """predictions: the teacher's detections in each weak view's frame (`detector.predict`)."""
