@@ -261,7 +261,9 @@ def test_rank_without_pseudo_labels_does_not_hang(micro_shapes, tmp_path):
     out = tmp_path / "ddp"
     run = _Run(FAULTS, SEMIDETR_CONFIG,
                _semi_opts(micro_shapes, out, "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "6",
-                          "SEMIDETR.SHM.O2M_ITERS", "2", "SEMI.PSEUDO_SCORE_THRESH", "0.05"), tmp_path / "log.txt",
+                          "SEMIDETR.SHM.O2M_ITERS", "2", "SEMI.PSEUDO_SCORE_THRESH", "0.05",
+                          # CQC (and its GMM) in both stages; the official variant has it in stage 1 only
+                          "SEMIDETR.CQC.STAGES", "['one_to_many', 'one_to_one']"), tmp_path / "log.txt",
                env={"SEMIDETR_FAULT": "no_pseudo_labels_rank1", "SEMIDETR_FAULT_DIR": str(tmp_path)},
                flags=("--num-gpus", "2", "--dist-url", "auto"))
     log = run.wait(timeout=400)

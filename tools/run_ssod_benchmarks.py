@@ -5,7 +5,10 @@ For each setting (embedded data with 10% labels, BCCD with 10% and 50%) and each
   1. burn-in: supervised training on the labeled split for --burn-in iterations (shared by all rows);
   2. from that checkpoint, --iters more iterations of each row:
        sup-only | SSOD baseline | + SHM | + SHM + CQC (mean+std candidates) | + SHM + CQC + CPM (Semi-DETR)
-     (T1 = half of --iters for the SHM rows);
+     (T1 = half of --iters for the SHM rows). The rows differ only in their component: every
+     semi-supervised row, the SSOD baseline included, makes pseudo labels by the same rule (the config
+     defaults: the official class-aware NMS at IoU 0.6 on boxes clipped to the weak view, SEMI.*), and the
+     CQC rows use the configs' CQC (SEMIDETR.CQC.VARIANT, official by default);
   3. the ceiling: supervised training with 100% of the labels for --burn-in + --iters iterations (one per
      full labeled set and seed, shared by the settings that use it).
 --jobs runs train at a time, earlier seeds and settings first (a later seed's burn-in fills a slot while
@@ -118,7 +121,8 @@ def row_overrides(row, args):
     if row == "sup_only":
         return []
     half = str(args.iters // 2)
-    ssod = ["SEMIDETR.SHM.ENABLED", "False", "SEMIDETR.CQC.ENABLED", "False", "SEMI.PSEUDO_NMS_THRESH", "0.0"]
+    # Components only: the SEMI settings (pseudo-label rule included) are the configs' own, the same in every row.
+    ssod = ["SEMIDETR.SHM.ENABLED", "False", "SEMIDETR.CQC.ENABLED", "False"]
     # The teacher starts from the burn-in: no EMA warm-up, which would make it a copy of the student
     # during the first ~1 / (1 - m) iterations.
     return ["SEMI.EMA_WARMUP", "False", *{

@@ -145,6 +145,12 @@ def _add_input_config(cfg: CN) -> None:
     # Geometric operations of the strong view; one of them is applied. Names: translate_x,
     # translate_y, rotate, shear (shear in x then in y, as the official code).
     cfg.INPUT.AUG.GEOMETRIC_OPS = ["translate_x", "translate_y", "rotate", "shear"]
+    # Keep the strong view's geometric operations box-exact: only the translations of GEOMETRIC_OPS
+    # (with the resize and flip of every view), no rotate / shear, whose mapped boxes (the bounding box of
+    # the box's four corners, as in the official code) are larger than the objects' tight boxes - for round
+    # objects much larger (measured: BENCHMARKS.md, "Box accuracy of the strong view"). Default False: the
+    # official pipeline (base_dino_detr_ssod_coco.py:95-106).
+    cfg.INPUT.AUG.BOX_EXACT_GEOMETRY = False
     # Translation range as a fraction of the image size (official: 0.1).
     cfg.INPUT.AUG.TRANSLATE_FRACTION = 0.1
     # Rotation range in degrees (official: 30).
@@ -188,6 +194,11 @@ def _add_semi_config(cfg: CN) -> None:
     cfg.SEMI.SAMPLE_RATIO = (1, 4)
     # Teacher score threshold tau_s for pseudo labels (paper: 0.4).
     cfg.SEMI.PSEUDO_SCORE_THRESH = 0.4
+    # Pseudo labels must also score >= the mean + std of their image's detections (after NMS). Default on:
+    # the official code filters every image's detections by mean + std first (dino_detr_ssod.py:918-939)
+    # and takes the pseudo labels of the detection loss among them (:336-343); an image with few, all
+    # confident detections can then keep fewer than tau_s alone would. The paper: tau_s only (False).
+    cfg.SEMI.PSEUDO_MEAN_STD_FLOOR = True
     # Weight w_u of the unsupervised loss (paper: 4 for COCO-Partial and VOC, 2 for COCO-Full).
     cfg.SEMI.UNSUP_LOSS_WEIGHT = 4.0
     # EMA momentum m of the teacher: teacher = d * teacher + (1 - d) * student with
@@ -199,12 +210,24 @@ def _add_semi_config(cfg: CN) -> None:
     # trained teacher (measured: BENCHMARKS.md section 4).
     cfg.SEMI.EMA_WARMUP = True
     # Training stages ("one_to_many", "one_to_one"; see SEMIDETR.SHM) in which pseudo labels also become
-    # denoising (CDN) queries; labeled images always do. [] = denoising on labeled images only.
-    cfg.SEMI.PSEUDO_LABEL_DENOISING = ["one_to_many", "one_to_one"]
-    # Class-aware NMS IoU threshold on the teacher's pseudo labels after the score filter (0 = none). The
-    # paper has none; the official code uses 0.6, which matters while the teacher is trained one-to-many
-    # (it then predicts duplicates). The Semi-DETR configs set 0.6.
-    cfg.SEMI.PSEUDO_NMS_THRESH = 0.0
+    # denoising (CDN) queries; labeled images always do. [] = denoising on labeled images only. Default:
+    # the official code, which drops the denoising losses of pseudo-labeled images in the one-to-many
+    # stage (dino_detr_ssod_head.py:550-555, `in_warm_up and is_pseudo_label`); without SHM every
+    # iteration is one-to-one, so the SSOD baseline keeps them. The paper does not say:
+    # ["one_to_many", "one_to_one"] keeps them throughout.
+    cfg.SEMI.PSEUDO_LABEL_DENOISING = ["one_to_one"]
+    # Class-aware NMS IoU threshold of the teacher's detections that become pseudo labels (0 = none),
+    # passed to `teacher.predict` (evaluation NMS never applies to pseudo labels). With NMS every
+    # (query, class) pair scoring > 0.01 enters NMS and the MODEL.DETR.NUM_SELECT best survivors are kept,
+    # then score >= tau_s. Default 0.6: the official rule for every semi-supervised model, in both stages
+    # (`for_pseudo_label=True`, dino_detr_ssod.py:904-906 -> dino_detr_ssod_head.py:1371-1395); the SSOD
+    # baseline rows use it too, so that Table 4's rows differ only in their component. The paper has none.
+    cfg.SEMI.PSEUDO_NMS_THRESH = 0.6
+    # Clip the teacher's boxes to the weak view (before NMS and before they are mapped into the strong
+    # view), as the official head clamps every box to the image (dino_detr_ssod_head.py:1383-1384). An
+    # unclipped box reaching past the weak view would cover, after a translation, part of the strong
+    # view's fill instead of the image.
+    cfg.SEMI.PSEUDO_CLIP_BOXES = True
     # What an unlabeled image without pseudo labels (no teacher box >= tau_s) contributes:
     #   "background": every query is trained as background (the official code: the DINO loss with no
     #                 targets); while the teacher is weak this pushes down the scores of real objects;
@@ -249,27 +272,48 @@ def _add_semidetr_config(cfg: CN) -> None:
     cfg.SEMIDETR.SHM.GAMMA = 2.0
     # One-to-many assignment for labeled images too (official code: yes); pseudo-labeled images always.
     cfg.SEMIDETR.SHM.APPLY_TO_LABELED = True
-    # Class-aware NMS IoU threshold at inference while the model is in the one-to-many stage.
-    cfg.SEMIDETR.SHM.TEST_NMS_THRESH = 0.7
+    # Class-aware NMS IoU threshold of evaluation while the model is in the one-to-many stage (evaluation
+    # only: the teacher's pseudo labels use SEMI.PSEUDO_NMS_THRESH). The official code evaluates a
+    # one-to-many model with the same NMS as its pseudo labels, IoU 0.6 (dino_detr_ssod_head.py:1371-1373).
+    cfg.SEMIDETR.SHM.TEST_NMS_THRESH = 0.6
 
-    # Cross-view Query Consistency (Sec. 3.4): RoIAlign features of pseudo boxes -> MLP -> cross-view
-    # queries decoded by the other view's model under an attention mask; consistency between the
-    # decoded embeddings of the two views.
+    # Cross-view Query Consistency (Sec. 3.4): RoIAlign features of pseudo boxes -> projector -> cross-view
+    # queries decoded under an attention mask; consistency between the decoded embeddings of the two views.
     cfg.SEMIDETR.CQC = CN()
     cfg.SEMIDETR.CQC.ENABLED = False
-    # w_c of eq. 13.
-    cfg.SEMIDETR.CQC.LOSS_WEIGHT = 1.0
-    # "cosine": negative cosine similarity (eq. 11); "normalized_mse": squared distance of the
-    # L2-normalised embeddings, 2 - 2 cos (the official code's form).
-    cfg.SEMIDETR.CQC.LOSS = "cosine"
-    # RoIAlign output size (aligned, on the projected multi-scale features; FPN level rule).
+    # How CQC is built; every key below left at its "variant's" value follows it (modeling/cross_view.py,
+    # CQC_VARIANTS):
+    #   "official" (default: the code behind the paper's numbers, detr_ssod/models/dino_detr_ssod.py): one
+    #       projector (the student's, trained through the student's decoding) embeds the teacher's
+    #       weak-view RoI features; the student decodes that embedding at the strong-view boxes, the teacher
+    #       at the weak-view boxes without gradient; loss 10 * MSE of the L2-normalised embeddings
+    #       (averaged over channels too) per decoder layer, multiplied by w_u; one-to-many stage only;
+    #       candidates: CPM-kept or score >= tau_s; projector "conv".
+    #   "paper" (eq. 9-11): each model embeds its own view's boxes and the other decodes them; loss
+    #       1 - cos with w_c = 1 throughout training on the CPM-kept boxes; projector "mlp".
+    cfg.SEMIDETR.CQC.VARIANT = "official"
+    # w_c of eq. 13; < 0 = the variant's (official 10, paper 1).
+    cfg.SEMIDETR.CQC.LOSS_WEIGHT = -1.0
+    # "" = the variant's. "cosine": 1 - cos (eq. 11); "normalized_mse": 2 - 2 cos;
+    # "official_mse": MSE of the L2-normalised embeddings averaged over channels, (2 - 2 cos) / C, with the
+    # official code's zero-weight placeholder of each image without a candidate in the average.
+    cfg.SEMIDETR.CQC.LOSS = ""
+    # Stages with the consistency loss; [] = the variant's (official ["one_to_many"]: the loss weights are
+    # zeroed after the warm-up, dino_detr_ssod.py:469-470; paper: both).
+    cfg.SEMIDETR.CQC.STAGES = []
+    # Boxes in the loss among the CPM candidates; "" = the variant's. "mined": those CPM keeps (paper);
+    # "mined_or_score": those CPM keeps or with score >= SEMI.PSEUDO_SCORE_THRESH (official,
+    # dino_detr_ssod.py:332-348).
+    cfg.SEMIDETR.CQC.CANDIDATES = ""
+    # Projector of the RoI features; "" = the variant's. "mlp": 2-layer MLP (paper, eq. 9); "conv": the
+    # official Projector (2 x conv3x3-BN-ReLU, FC-BN-ReLU, FC-ReLU) with mmdet's RoI level rule.
+    cfg.SEMIDETR.CQC.PROJECTOR = ""
+    # RoIAlign output size (aligned, on the projected multi-scale features; official 7).
     cfg.SEMIDETR.CQC.ROI_SIZE = 7
-    # Stages with the consistency loss. The paper uses it throughout training; the official code only
-    # in the one-to-many stage (["one_to_many"]).
-    cfg.SEMIDETR.CQC.STAGES = ["one_to_many", "one_to_one"]
-    # Let the consistency loss reach the student's cross-view embeddings c_s through the (frozen) teacher
-    # decoder. Without it the teacher branch is a pure stop-gradient target and the student's
-    # cross-view projector never receives a gradient (so it stays at its initialisation).
+    # "paper" variant only: let the consistency loss reach the student's c_s through the (frozen) teacher
+    # decoder. Without it the teacher branch is a pure stop-gradient target and the student's projector
+    # never receives a gradient (so it stays at its initialisation). The official structure has no such
+    # path (its one embedding trains through the student's decoding).
     cfg.SEMIDETR.CQC.GRAD_THROUGH_TEACHER = True
 
     # Cost-based Pseudo Label Mining (Sec. 3.5): which teacher boxes feed CQC.

@@ -4,7 +4,8 @@ import logging
 from ..data.build import semi_batch_sizes
 from ..modeling.one_to_many import ONE_TO_MANY_ASSIGNERS
 from ..semi.cost_mining import MINING_METHODS
-from ..semi.query_consistency import CONSISTENCY_LOSSES
+from ..modeling.cross_view import CQC_VARIANTS, PROJECTORS
+from ..semi.query_consistency import CANDIDATE_SETS, CONSISTENCY_LOSSES
 from .semi_trainer import IMAGES_WITHOUT_PSEUDO_LABELS
 from .stage import STAGES
 
@@ -75,8 +76,12 @@ def _semi_errors(cfg, world_size: int):
         if shm.TOPK < 1:
             errors.append(f"SEMIDETR.SHM.TOPK={shm.TOPK} must be >= 1")
     if cqc.ENABLED:
-        if cqc.LOSS not in CONSISTENCY_LOSSES:
-            errors.append(f"SEMIDETR.CQC.LOSS={cqc.LOSS!r} is not one of {list(CONSISTENCY_LOSSES)}")
+        if cqc.VARIANT not in CQC_VARIANTS:
+            errors.append(f"SEMIDETR.CQC.VARIANT={cqc.VARIANT!r} is not one of {sorted(CQC_VARIANTS)}")
+        for key, value, valid in (("LOSS", cqc.LOSS, CONSISTENCY_LOSSES),
+                                  ("CANDIDATES", cqc.CANDIDATES, CANDIDATE_SETS), ("PROJECTOR", cqc.PROJECTOR, PROJECTORS)):
+            if value and value not in valid:
+                errors.append(f"SEMIDETR.CQC.{key}={value!r} is not one of {list(valid)} (or '' for the variant's)")
         if cpm.METHOD not in MINING_METHODS:
             errors.append(f"SEMIDETR.CPM.METHOD={cpm.METHOD!r} is not one of {list(MINING_METHODS)}")
         if cqc.ROI_SIZE < 1:

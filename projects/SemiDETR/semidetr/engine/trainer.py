@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.build import build_labeled_train_loader, build_semi_train_loader
 from ..data.mappers import build_test_mapper
+from ..modeling.cross_view import resolve_cqc
 from ..semi.cost_mining import PseudoLabelMiner
 from ..semi.ema import EmaUpdater
 from ..semi.pseudo_labels import PseudoLabeler
@@ -33,7 +34,7 @@ from .checkpoint import SemiDetrCheckpointer
 from .hooks import EmaTeacherHook, TeacherStudentEvalHook
 from .semi_trainer import SemiTrainer
 from .solver import build_optimizer
-from .stage import ONE_TO_ONE, StageSwitchHook, stage_at, test_nms_threshold
+from .stage import ONE_TO_ONE, StageLogHook, StageSchedule, evaluation_nms, test_nms_threshold
 from .train_loop import DetrTrainer, amp_dtype_from_config
 
 __all__ = ["Trainer", "build_teacher", "load_weights_for_evaluation"]
@@ -65,6 +66,8 @@ class Trainer(DefaultTrainer):
         loop_args = dict(clip_grad_norm=self.clip_grad_norm(cfg), clip_norm_type=cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE,
                          max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, amp_dtype=amp_dtype_from_config(cfg))
         checkpointables = {}
+        # The one owner of the training stage: every reader derives it from the iteration through this.
+        self.stage_schedule = StageSchedule.from_config(cfg)
         if self.semi:
             self.ema = EmaUpdater(self.teacher, student)
             self.ema.copy_student()
@@ -72,6 +75,8 @@ class Trainer(DefaultTrainer):
                 model, self.teacher, data_loader, optimizer, pseudo_labeler=build_pseudo_labeler(cfg),
                 unsup_weight=cfg.SEMI.UNSUP_LOSS_WEIGHT,
                 pseudo_label_denoising_stages=cfg.SEMI.PSEUDO_LABEL_DENOISING,
+                stage_schedule=self.stage_schedule, pseudo_nms_thresh=cfg.SEMI.PSEUDO_NMS_THRESH,
+                clip_pseudo_boxes=cfg.SEMI.PSEUDO_CLIP_BOXES,
                 one_to_many_for_labeled=cfg.SEMIDETR.SHM.APPLY_TO_LABELED,
                 consistency=build_cross_view_consistency(cfg),
                 images_without_pseudo_labels=cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS,
@@ -87,19 +92,13 @@ class Trainer(DefaultTrainer):
             **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
-        self.stage = ONE_TO_ONE
-        self.set_stage(stage_at(cfg, 0))
         self.register_hooks(self.build_hooks())
 
     # ------------------------------------------------------------------------------------------------
-    def set_stage(self, stage: str) -> None:
-        """Enter a training stage: the assignment of the training step, and whether the models predict
-        with NMS (one-to-many trained models produce duplicates)."""
-        self.stage = stage
-        if self.semi:
-            self._trainer.stage = stage
-        for model in self.models().values():
-            model.test_nms_thresh = test_nms_threshold(self.cfg, stage)
+    @property
+    def stage(self) -> str:
+        """The training stage of the current iteration (of the last trained one once training ended)."""
+        return self.stage_schedule.at(min(self.iter, self.max_iter - 1))
 
     def models(self) -> Dict[str, nn.Module]:
         student = _unwrap(self._trainer.model)
@@ -112,7 +111,6 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         # The data stream continues at the first iteration that has not run (0 for a new run).
         self._trainer.data_loader.start_at(self.start_iter)
-        self.set_stage(stage_at(self.cfg, self.start_iter))
         if self.semi and not self.teacher_checkpointable.loaded:
             self.ema.copy_student()
 
@@ -131,8 +129,12 @@ class Trainer(DefaultTrainer):
             self._trainer.data_loader.set_seed(state_dict["data_seed"])
         if "torch_rng_state" in state_dict:
             torch.set_rng_state(state_dict["torch_rng_state"])
-        if "stage" in state_dict:
-            self.set_stage(state_dict["stage"])
+        # The stage is derived from the iteration; a checkpoint saved under another T1 says so.
+        saved = state_dict.get("stage")
+        if saved is not None and saved != self.stage_schedule.at(max(self.iter, 0)):
+            logger.warning("The checkpoint was saved in training stage %s; with this config (SEMIDETR.SHM) "
+                           "iteration %d is in stage %s, which training continues with.", saved, self.iter,
+                           self.stage_schedule.at(max(self.iter, 0)))
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -173,7 +175,7 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         cfg = self.cfg
-        ret = [hooks.IterationTimer(), hooks.LRScheduler(), StageSwitchHook()]
+        ret = [hooks.IterationTimer(), hooks.LRScheduler(), StageLogHook()]
         if self.semi:
             # Before the checkpointer and the evaluation, so both see the teacher of this iteration.
             ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM, cfg.SEMI.EMA_WARMUP))
@@ -195,7 +197,9 @@ class Trainer(DefaultTrainer):
             raise ValueError(f"SEMI.EVAL_MODELS has {sorted(unknown)}: use 'teacher' and/or 'student'")
 
         def evaluate(name):
-            with torch.random.fork_rng(devices=[]):
+            # Evaluation NMS follows the stage of the model being scored, for this evaluation only.
+            with torch.random.fork_rng(devices=[]), \
+                    evaluation_nms(models[name], test_nms_threshold(self.cfg, self.stage)):
                 return self.test(self.cfg, models[name], prefix=name if self.semi else "")
 
         return {name: (lambda n=name: evaluate(n)) for name in names}
@@ -220,7 +224,7 @@ class Trainer(DefaultTrainer):
 
 
 def build_pseudo_labeler(cfg) -> PseudoLabeler:
-    return PseudoLabeler(cfg.SEMI.PSEUDO_SCORE_THRESH, cfg.INPUT.AUG.MIN_BOX_SIZE, cfg.SEMI.PSEUDO_NMS_THRESH)
+    return PseudoLabeler(cfg.SEMI.PSEUDO_SCORE_THRESH, cfg.INPUT.AUG.MIN_BOX_SIZE, cfg.SEMI.PSEUDO_MEAN_STD_FLOOR)
 
 
 def build_cross_view_consistency(cfg):
@@ -230,8 +234,12 @@ def build_cross_view_consistency(cfg):
     miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,
                              cost_giou=cpm.COST_GIOU, cost_bbox=cpm.COST_BBOX, focal_alpha=cfg.MODEL.DETR.FOCAL_ALPHA,
                              focal_gamma=cfg.MODEL.DETR.FOCAL_GAMMA)
-    return CrossViewConsistency(miner, loss=cqc.LOSS, loss_weight=cqc.LOSS_WEIGHT, stages=cqc.STAGES,
-                                grad_through_teacher=cqc.GRAD_THROUGH_TEACHER, min_box_size=cfg.INPUT.AUG.MIN_BOX_SIZE)
+    settings = resolve_cqc(cfg)
+    return CrossViewConsistency(
+        miner, structure=settings["structure"], loss=settings["loss"], loss_weight=settings["loss_weight"],
+        stages=settings["stages"], grad_through_teacher=cqc.GRAD_THROUGH_TEACHER,
+        min_box_size=cfg.INPUT.AUG.MIN_BOX_SIZE, candidates=settings["candidates"],
+        score_threshold=cfg.SEMI.PSEUDO_SCORE_THRESH, scale_by_unsup_weight=settings["scale_by_unsup_weight"])
 
 
 def build_teacher(student: nn.Module) -> nn.Module:

@@ -13,7 +13,9 @@ one batch (one forward pass, one DDP synchronisation):
     "class_loss_weight": float  factor on the image's classification loss (default 1; the trainer sets 0
                         for an unlabeled image without pseudo labels that should not be trained as background);
     "cross_view_queries" (x, C) / "cross_view_boxes" (x, 4 pixel xyxy): Semi-DETR's cross-view queries
-                        (embeddings from the other view's model, and this view's boxes as their positions).
+                        (embeddings from the other view's model, and this view's boxes as their positions);
+    "cross_view_roi_features" (x, C, S, S) instead of "cross_view_queries": RoI features (of the other view)
+                        that this model's cross-view projector embeds in its forward (the official code's CQC).
 
 Inference: `forward` returns detectron2 `Instances` in the original image frame; `predict` returns them in
 the network-input frame (the augmented view itself), which is what a teacher labelling a view needs.
@@ -34,7 +36,7 @@ from torchvision.ops import batched_nms
 
 from .box_ops import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
 from .criterion import SetCriterion
-from .cross_view import CrossViewQueryEmbedding
+from .cross_view import CrossViewQueryEmbedding, resolve_cqc
 from .denoising import DenoisingQueries, build_self_attention_mask, prepare_contrastive_denoising
 from .matcher import HungarianMatcher
 from .ms_deform_attn import set_ms_deform_attn_impl
@@ -151,6 +153,7 @@ class DeformableDETR(nn.Module):
         dn_box_noise_scale: float = 1.0,
         input_format: str = "BGR",
         cross_view_roi_size: int = 0,
+        cross_view_projector: str = "mlp",
     ):
         """
         Args:
@@ -162,6 +165,7 @@ class DeformableDETR(nn.Module):
             test_nms_thresh: class-aware NMS IoU threshold at inference; 0 = NMS-free.
             dn_number, dn_label_noise_ratio, dn_box_noise_scale: contrastive denoising (0 = off).
             cross_view_roi_size: > 0 adds Semi-DETR's cross-view query embedding (RoIAlign of this size).
+            cross_view_projector: its projector, "mlp" (paper) or "conv" (official code).
         """
         super().__init__()
         self.backbone = backbone
@@ -191,7 +195,8 @@ class DeformableDETR(nn.Module):
         if cross_view_roi_size > 0:
             strides = [shapes[f].stride for f in self.in_features]
             strides += [strides[-1] * 2 ** (i + 1) for i in range(transformer.num_feature_levels - len(strides))]
-            self.cross_view_embedding = CrossViewQueryEmbedding(d_model, strides, cross_view_roi_size)
+            self.cross_view_embedding = CrossViewQueryEmbedding(d_model, strides, cross_view_roi_size,
+                                                                cross_view_projector)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -229,6 +234,7 @@ class DeformableDETR(nn.Module):
             "pos_temperature": d.POS_TEMPERATURE,
             "input_format": cfg.INPUT.FORMAT,
             "cross_view_roi_size": cfg.SEMIDETR.CQC.ROI_SIZE if cfg.SEMIDETR.CQC.ENABLED else 0,
+            "cross_view_projector": resolve_cqc(cfg)["projector"] if cfg.SEMIDETR.CQC.ENABLED else "mlp",
         }
 
     @property
@@ -340,30 +346,41 @@ class DeformableDETR(nn.Module):
         images = self.preprocess_image(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images)
         dn_targets = [t if x.get("denoise", True) else _empty_target(t) for x, t in zip(batched_inputs, targets)]
-        cross = self.prepare_cross_view_queries(batched_inputs, images)
+        cross, projected = self.prepare_cross_view_queries(batched_inputs, images)
         outputs, encoded, denoising, cross_hidden = self.forward_outputs(images, dn_targets, cross)
         losses = self.group_losses(batched_inputs, outputs, targets, dn_targets, denoising)
         if not return_outputs:
             return losses
-        cross_embeddings = None
-        if self.cross_view_embedding is not None:
+        cross_embeddings = projected  # the embeddings this model made of the other view's RoI features
+        if self.cross_view_embedding is not None and projected is None:
             boxes = [x["cross_view_boxes"].to(self.device) if "cross_view_boxes" in x else torch.zeros(0, 4, device=self.device)
                      for x in batched_inputs]
             cross_embeddings = self.cross_view_embedding(encoded.srcs, boxes)
         return losses, TrainingOutputs(outputs, cross_hidden, cross_embeddings)
 
-    def prepare_cross_view_queries(self, batched_inputs: List[Dict], images: ImageList) -> Optional[CrossViewQueries]:
-        if not any("cross_view_queries" in x for x in batched_inputs):
-            return None
+    def prepare_cross_view_queries(self, batched_inputs: List[Dict], images: ImageList):
+        """(CrossViewQueries or None, the embeddings projected here from "cross_view_roi_features" (sum x_i, C)
+        in image order, or None). All RoI features of the batch go through the projector together (its
+        batch norm sees the whole batch, as in the official code)."""
+        given = [x.get("cross_view_queries") for x in batched_inputs]
+        projected = None
+        if any("cross_view_roi_features" in x for x in batched_inputs):
+            rois = [x["cross_view_roi_features"].to(self.device) for x in batched_inputs
+                    if "cross_view_roi_features" in x]
+            projected = self.cross_view_embedding.project(torch.cat(rois))
+            parts = iter(projected.split([len(r) for r in rois]))
+            given = [next(parts) if "cross_view_roi_features" in x else None for x in batched_inputs]
+        if all(c is None for c in given):
+            return None, None
         d_model = self.transformer.d_model
         contents, boxes = [], []
-        for x, (h, w) in zip(batched_inputs, images.image_sizes):
-            contents.append(x["cross_view_queries"].to(self.device) if "cross_view_queries" in x
+        for x, content, (h, w) in zip(batched_inputs, given, images.image_sizes):
+            contents.append(content.to(self.device) if content is not None
                             else torch.zeros(0, d_model, device=self.device))
-            pixel_boxes = x["cross_view_boxes"].to(self.device) if "cross_view_queries" in x \
+            pixel_boxes = x["cross_view_boxes"].to(self.device) if content is not None \
                 else torch.zeros(0, 4, device=self.device)
             boxes.append(xyxy_to_cxcywh(pixel_boxes / pixel_boxes.new_tensor([w, h, w, h])))
-        return CrossViewQueries.pad(contents, boxes)
+        return CrossViewQueries.pad(contents, boxes), projected
 
     def group_losses(self, batched_inputs, outputs: DetectorOutputs, targets, dn_targets, denoising) -> Dict[str, Tensor]:
         """Criterion per loss group (see module docstring), each normalised by its own target count.
@@ -405,31 +422,46 @@ class DeformableDETR(nn.Module):
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed
 
-    def predict(self, batched_inputs: List[Dict], return_encoded: bool = False):
+    def predict(self, batched_inputs: List[Dict], return_encoded: bool = False, nms_thresh: Optional[float] = None,
+                clip: bool = True):
         """Detections in the network-input frame: pixel xyxy boxes of each (unpadded) input image. With
-        return_encoded, also the EncodedImages (a teacher decodes cross-view queries with them later)."""
+        return_encoded, also the EncodedImages (a teacher decodes cross-view queries with them later).
+        nms_thresh: class-aware NMS IoU (0 = none); None = the inference setting `test_nms_thresh`. A teacher
+        passes its pseudo-label NMS explicitly. clip: clip the boxes to their image."""
         images = self.preprocess_image(batched_inputs)
         outputs, encoded, _, _ = self.forward_outputs(images)
-        results = self.postprocess(outputs["pred_logits"][-1], outputs["pred_boxes"][-1], images.image_sizes)
+        results = self.postprocess(outputs["pred_logits"][-1], outputs["pred_boxes"][-1], images.image_sizes,
+                                   self.test_nms_thresh if nms_thresh is None else nms_thresh, clip)
         return (results, encoded) if return_encoded else results
 
-    def postprocess(self, logits: Tensor, boxes: Tensor, image_sizes) -> List[Instances]:
-        """Top-k over (query, class) pairs; optional class-aware NMS (for one-to-many trained models)."""
+    # With NMS, the (query, class) pairs scoring above this enter NMS before the top-k (the official
+    # Semi-DETR head's multiclass_nms score_thr, dino_detr_ssod_head.py:1374).
+    NMS_SCORE_THRESH = 0.01
+
+    def postprocess(self, logits: Tensor, boxes: Tensor, image_sizes, nms_thresh: float = 0.0,
+                    clip: bool = True) -> List[Instances]:
+        """Without NMS: the top-k (num_select) (query, class) pairs. With class-aware NMS (IoU nms_thresh):
+        every pair scoring > NMS_SCORE_THRESH, NMS, then the top-k survivors - the official head's rule
+        (dino_detr_ssod_head.py:1371-1395). Boxes are clipped to the image first (when `clip`)."""
         prob = logits.float().sigmoid()
         num_classes = prob.shape[-1]
         k = min(self.num_select, prob[0].numel())
-        scores, index = prob.flatten(1).topk(k, dim=1)
-        query = torch.div(index, num_classes, rounding_mode="floor")
-        labels = index % num_classes
-        selected = boxes.float().gather(1, query[..., None].expand(-1, -1, 4))
         scales = small_tensor([[w, h, w, h] for h, w in image_sizes], torch.float32, boxes.device)
-        pixel_boxes = cxcywh_to_xyxy(selected) * scales[:, None, :]
+        all_boxes = cxcywh_to_xyxy(boxes.float()) * scales[:, None, :]
+        if clip:
+            limit = scales[:, None, :]
+            all_boxes = torch.minimum(all_boxes.clamp(min=0), limit)
         results = []
         for i, (h, w) in enumerate(image_sizes):
-            xyxy, score, label = pixel_boxes[i], scores[i], labels[i]
-            if self.test_nms_thresh > 0:
-                keep = batched_nms(xyxy, score, label, self.test_nms_thresh)
+            if nms_thresh > 0:
+                query, label = (prob[i] > self.NMS_SCORE_THRESH).nonzero(as_tuple=True)
+                score, xyxy = prob[i, query, label], all_boxes[i, query]
+                keep = batched_nms(xyxy, score, label, nms_thresh)[:k]  # sorted by decreasing score
                 xyxy, score, label = xyxy[keep], score[keep], label[keep]
+            else:
+                score, index = prob[i].flatten().topk(k)
+                label = index % num_classes
+                xyxy = all_boxes[i, torch.div(index, num_classes, rounding_mode="floor")]
             result = Instances((h, w))
             result.pred_boxes = Boxes(xyxy)
             result.scores = score
