@@ -44,3 +44,20 @@ def test_the_tree_covers_the_paper():
                      "deformable_detr_ssod_baseline", "semidetr_deformable_detr"):
             assert setting.format(kind) + ".yaml" in names
     assert sum(n.startswith("ablations/") for n in names) >= 15
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO_ROOT) for p in CONFIGS])
+def test_dino_rows_share_the_official_loss_profile(path):
+    """Every DINO-based COCO/VOC/CPU row (sup-only, SSOD baseline, Semi-DETR, ablations) uses the official
+    code's loss weights, box noise and encoder targets; the fully supervised DINO reproduction DINO's own;
+    Deformable DETR (no official Semi-DETR code) its own keys."""
+    from semidetr.modeling.detector import LOSS_PROFILES, resolve_loss_profile
+
+    cfg = _load(path)
+    resolved = resolve_loss_profile(cfg)  # also: no config overrides a key its profile sets
+    if cfg.MODEL.META_ARCHITECTURE == "DeformableDETR":
+        assert cfg.MODEL.DETR.LOSS_PROFILE == ""
+    elif os.path.relpath(path, REPO_ROOT).startswith("configs/DINO/"):
+        assert resolved == LOSS_PROFILES["dino"]
+    else:
+        assert resolved == LOSS_PROFILES["official"]

@@ -82,6 +82,34 @@ def test_class_agnostic_encoder_loss_uses_binary_targets():
     assert losses["loss_class_enc"].item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("assignment", ["one_to_one", "one_to_many"])
+def test_encoder_first_class_target_trains_only_the_first_logit(assignment):
+    """ENC_CLASS_TARGET "first_class" (official): the encoder loss and matching see every target as class 0."""
+    from semidetr.modeling.one_to_many import build_one_to_many_assigner
+
+    torch.manual_seed(0)
+    outputs = {
+        "pred_logits": torch.randn(1, 1, 3, 2), "pred_boxes": torch.rand(1, 1, 3, 4) * 0.5 + 0.25,
+        "enc_logits": torch.randn(1, 6, 2), "enc_boxes": torch.rand(1, 6, 4) * 0.5 + 0.25,
+    }
+    targets = [{"labels": torch.tensor([1, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.4, 0.2, 0.3]])}]
+    as_class_0 = [{"labels": torch.tensor([0, 0]), "boxes": targets[0]["boxes"]}]
+
+    def enc_losses(enc_class_target, target_list):
+        criterion = SetCriterion(2, HungarianMatcher(), enc_class_target=enc_class_target,
+                                 one_to_many_assigner=build_one_to_many_assigner("task_aligned", alpha=1.0, beta=6.0))
+        losses = criterion(outputs, target_list, assignment=assignment)
+        return {k: v for k, v in losses.items() if k.endswith("_enc")}
+
+    official, own_class, relabelled = enc_losses("first_class", targets), enc_losses("class", targets), \
+        enc_losses("class", as_class_0)
+    for key in official:
+        torch.testing.assert_close(official[key], relabelled[key])
+    assert not torch.allclose(official["loss_class_enc"], own_class["loss_class_enc"])
+    with pytest.raises(ValueError, match="ENC_CLASS_TARGET"):
+        SetCriterion(2, HungarianMatcher(), enc_class_target="objectness")
+
+
 def test_denoising_loss_targets_positive_queries_only():
     torch.manual_seed(0)
     criterion = _criterion(c=1.0, b=1.0, g=1.0)

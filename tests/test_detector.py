@@ -96,3 +96,38 @@ def test_num_classes_from_dataset_metadata():
     model = build_model(cfg)
     assert model.transformer.class_embed[0].out_features == 5
     assert model.label_embedding.num_embeddings == 5
+
+
+def test_official_loss_profile_doubles_l1_and_class_weights_and_sets_its_denoising_and_encoder_rules():
+    """LOSS_PROFILE "official" vs "dino": same costs, so the same matching; class x2, L1 x2, GIoU x1."""
+    batch = [synthetic_input(128, 160, 3, seed=1), synthetic_input(144, 128, 1, seed=2)]
+    losses, models = {}, {}
+    for profile in ("dino", "official"):
+        cfg = tiny_detector_cfg()
+        cfg.MODEL.DETR.LOSS_PROFILE = profile
+        torch.manual_seed(0)
+        models[profile] = model = build_model(cfg)
+        torch.manual_seed(1)
+        losses[profile] = model(batch)
+    official, dino = losses["official"], losses["dino"]
+    for key, ratio in (("loss_class", 2.0), ("loss_bbox", 2.0), ("loss_giou", 1.0),
+                       ("loss_class_aux", 2.0), ("loss_bbox_aux", 2.0), ("loss_giou_aux", 1.0)):
+        torch.testing.assert_close(official[key], ratio * dino[key], msg=key)
+    assert models["official"].dn_box_noise_scale == 0.4 and models["dino"].dn_box_noise_scale == 1.0
+    assert models["official"].criterion.enc_class_target == "first_class"
+    assert models["dino"].criterion.enc_class_target == "class"
+    matcher = models["official"].criterion.matcher
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou) == (2.0, 5.0, 2.0)
+
+
+def test_loss_profile_with_a_changed_key_is_an_error():
+    cfg = tiny_detector_cfg()
+    cfg.MODEL.DETR.LOSS_PROFILE = "official"
+    cfg.MODEL.DETR.BBOX_WEIGHT = 7.0
+    with pytest.raises(ValueError, match="BBOX_WEIGHT"):
+        build_model(cfg)
+    cfg.MODEL.DETR.LOSS_PROFILE = "mmdet"
+    with pytest.raises(ValueError, match="LOSS_PROFILE"):
+        build_model(cfg)
+    cfg.MODEL.DETR.LOSS_PROFILE = ""  # the keys themselves
+    assert build_model(cfg).criterion.weights["bbox"] == 7.0

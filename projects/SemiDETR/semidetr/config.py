@@ -69,7 +69,19 @@ def _add_detr_config(cfg: CN) -> None:
     # one-to-many assignment produces duplicates, see SEMIDETR.SHM). 0 disables NMS entirely.
     cfg.MODEL.DETR.TEST_NMS_THRESH = 0.0
 
-    # Loss weights (DETR criterion). DINO: class 1, L1 5, GIoU 2. Deformable DETR: class 2.
+    # Loss profile: one switch for the loss weights, matching costs, denoising box noise and encoder class
+    # targets below (CLASS_WEIGHT, BBOX_WEIGHT, GIOU_WEIGHT, COST_CLASS, COST_BBOX, COST_GIOU,
+    # DN_BOX_NOISE_SCALE, ENC_CLASS_TARGET), resolved in one place (modeling/detector.py LOSS_PROFILES):
+    #   "official": the official Semi-DETR code as it applies them: class 2, L1 10 (its head returns the
+    #               L1 term twice, as the xy and wh parts, and mmdet sums every "loss" key), GIoU 2,
+    #               costs 2 / 5 / 2, box noise 0.4, encoder targets all class 0 (the Semi-DETR configs);
+    #   "dino":     DINO's published values: class 1, L1 5, GIoU 2, costs 2 / 5 / 2, box noise 1.0,
+    #               encoder targets of their own class (= the key defaults);
+    #   "":         the keys themselves (Deformable DETR configs).
+    # With a named profile, the keys it sets must stay at their defaults (else an error at build time).
+    cfg.MODEL.DETR.LOSS_PROFILE = ""
+    # Loss weights (DETR criterion), on the decoder, encoder and denoising losses alike. DINO: class 1,
+    # L1 5, GIoU 2. Deformable DETR: class 2.
     cfg.MODEL.DETR.CLASS_WEIGHT = 1.0
     cfg.MODEL.DETR.BBOX_WEIGHT = 5.0
     cfg.MODEL.DETR.GIOU_WEIGHT = 2.0
@@ -80,6 +92,11 @@ def _add_detr_config(cfg: CN) -> None:
     cfg.MODEL.DETR.COST_CLASS = 2.0
     cfg.MODEL.DETR.COST_BBOX = 5.0
     cfg.MODEL.DETR.COST_GIOU = 2.0
+    # Class of every target in the encoder proposals' loss and matching (mixed query selection):
+    # "class" (DINO: the target's own class) or "first_class" (official Semi-DETR code, after mmdet's
+    # two-stage heads: all targets are class 0, so the first logit learns objectness). Class-agnostic
+    # proposals (QUERY_INIT "proposal", one logit) are the same under both.
+    cfg.MODEL.DETR.ENC_CLASS_TARGET = "class"
 
     # Contrastive denoising (DINO CDN). DN_NUMBER is the budget of denoising queries per image
     # (groups = DN_NUMBER // max targets in the batch, each with a positive and a negative copy of
@@ -89,7 +106,7 @@ def _add_detr_config(cfg: CN) -> None:
     # probability DN_LABEL_NOISE_RATIO * 0.5 (DINO).
     cfg.MODEL.DETR.DN_LABEL_NOISE_RATIO = 0.5
     # Box noise scale (lambda): positives are jittered by < lambda * half the box size, negatives by
-    # between lambda and 2 lambda.
+    # between lambda and 2 lambda. DINO 1.0; the official Semi-DETR head 0.4 (LOSS_PROFILE "official").
     cfg.MODEL.DETR.DN_BOX_NOISE_SCALE = 1.0
 
 

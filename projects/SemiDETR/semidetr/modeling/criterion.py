@@ -30,9 +30,10 @@ from .matcher import Assignment
 from .one_to_many import OneToManyAssigner, one_to_many_losses, one_to_many_normalizer
 from .tensor_utils import small_tensor
 
-__all__ = ["SetCriterion", "average_count_over_processes"]
+__all__ = ["SetCriterion", "average_count_over_processes", "ENC_CLASS_TARGETS"]
 
 LOSS_TERMS = ("class", "bbox", "giou")
+ENC_CLASS_TARGETS = ("class", "first_class")
 
 
 def average_count_over_processes(count: int, device) -> Tensor:
@@ -59,10 +60,16 @@ class SetCriterion(nn.Module):
     def __init__(self, num_classes: int, matcher: nn.Module, *, class_weight: float = 1.0,
                  bbox_weight: float = 5.0, giou_weight: float = 2.0, focal_alpha: float = 0.25,
                  focal_gamma: float = 2.0, one_to_many_assigner: Optional[OneToManyAssigner] = None,
-                 one_to_many_gamma: float = 2.0):
+                 one_to_many_gamma: float = 2.0, enc_class_target: str = "class"):
         """one_to_many_assigner / one_to_many_gamma: Semi-DETR's stage-1 assignment and the gamma of its
-        classification loss (eq. 4); None = one-to-one only."""
+        classification loss (eq. 4); None = one-to-one only.
+        enc_class_target: what the encoder proposals' classification loss (and their matching) takes as a
+        target's class: "class" (DINO: its own class) or "first_class" (the official Semi-DETR code, after
+        mmdet's two-stage heads: every target is class 0, so only the first logit learns objectness)."""
         super().__init__()
+        if enc_class_target not in ENC_CLASS_TARGETS:
+            raise ValueError(f"MODEL.DETR.ENC_CLASS_TARGET must be one of {ENC_CLASS_TARGETS}, got {enc_class_target!r}")
+        self.enc_class_target = enc_class_target
         self.num_classes = num_classes
         self.matcher = matcher
         self.one_to_many_assigner = one_to_many_assigner
@@ -102,7 +109,8 @@ class SetCriterion(nn.Module):
             enc_logits, enc_boxes = outputs["enc_logits"][None], outputs["enc_boxes"][None]
             enc_targets = targets
             enc_labels = labels
-            if enc_logits.shape[-1] == 1:  # class-agnostic proposals: every target is "object"
+            # Class-agnostic proposals (one logit) or the official rule: every target is class 0 ("object").
+            if enc_logits.shape[-1] == 1 or self.enc_class_target == "first_class":
                 enc_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
                 enc_labels = torch.zeros_like(labels)
             for term, values in set_losses(enc_logits, enc_boxes, enc_targets, enc_labels, boxes, num_targets,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import configurable, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import batched_nms
 
+from ..config import add_semidetr_config
 from .box_ops import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
 from .criterion import SetCriterion
 from .cross_view import CrossViewQueryEmbedding, resolve_cqc
@@ -46,7 +47,7 @@ from .position_encoding import PositionEmbeddingSine
 from .tensor_utils import small_tensor
 from .transformer import DeformableTransformer, EncoderMemory, QuerySelection
 
-__all__ = ["DeformableDETR", "DINO", "resolve_num_classes", "DetectorOutputs", "EncodedImages", "CrossViewQueries",
+__all__ = ["DeformableDETR", "DINO", "resolve_num_classes", "resolve_loss_profile", "LOSS_PROFILES", "DetectorOutputs", "EncodedImages", "CrossViewQueries",
            "TrainingOutputs"]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,43 @@ def resolve_num_classes(cfg) -> int:
     if not classes:
         raise ValueError(f"Data set {name!r} has no thing_classes in its metadata: set MODEL.DETR.NUM_CLASSES")
     return len(classes)
+
+
+# The loss weights, matching costs, denoising box noise and encoder class targets that
+# MODEL.DETR.LOSS_PROFILE sets (README, "Where the official code differs from the paper").
+LOSS_PROFILES = {
+    # DINO's published values (detrex projects/dino/configs/models/dino_r50.py:82-104); = the key defaults.
+    "dino": {"CLASS_WEIGHT": 1.0, "BBOX_WEIGHT": 5.0, "GIOU_WEIGHT": 2.0, "COST_CLASS": 2.0, "COST_BBOX": 5.0,
+             "COST_GIOU": 2.0, "DN_BOX_NOISE_SCALE": 1.0, "ENC_CLASS_TARGET": "class"},
+    # The official Semi-DETR code as it applies them (configs/dino_detr/dino_detr_ssod_r50_coco_120k.py:30-51,
+    # dense_heads/dino_detr_ssod_head.py:89): focal loss weight 2; L1 weight 5, but the head also returns the
+    # L1 of the xy and of the wh coordinates as separate "loss" keys (:735-740, :797-802, :876-881) and
+    # mmdet sums every key containing "loss" (mmdet/models/detectors/base.py:198-199), so L1 counts twice;
+    # GIoU 2; matcher costs 2 / 5 / 2; box noise 0.4; the encoder loss labels every target class 0 (:567-574).
+    # Decoder, encoder and denoising losses alike, in both stages.
+    "official": {"CLASS_WEIGHT": 2.0, "BBOX_WEIGHT": 10.0, "GIOU_WEIGHT": 2.0, "COST_CLASS": 2.0,
+                 "COST_BBOX": 5.0, "COST_GIOU": 2.0, "DN_BOX_NOISE_SCALE": 0.4, "ENC_CLASS_TARGET": "first_class"},
+}
+
+
+def resolve_loss_profile(cfg) -> Dict[str, object]:
+    """The values of the keys of LOSS_PROFILES for this config: MODEL.DETR.LOSS_PROFILE's, or (profile "")
+    the MODEL.DETR keys themselves. A named profile with one of its keys also changed is an error (the
+    override would be silently lost)."""
+    d = cfg.MODEL.DETR
+    keys = LOSS_PROFILES["dino"].keys()
+    if d.LOSS_PROFILE == "":
+        return {key: d[key] for key in keys}
+    if d.LOSS_PROFILE not in LOSS_PROFILES:
+        raise ValueError(f"MODEL.DETR.LOSS_PROFILE must be '' (use the MODEL.DETR keys) or one of "
+                         f"{sorted(LOSS_PROFILES)}, got {d.LOSS_PROFILE!r}")
+    defaults = get_cfg()
+    add_semidetr_config(defaults)
+    changed = [f"MODEL.DETR.{key} ({d[key]})" for key in keys if d[key] != defaults.MODEL.DETR[key]]
+    if changed:
+        raise ValueError(f"MODEL.DETR.LOSS_PROFILE {d.LOSS_PROFILE!r} sets {', '.join(changed)}, which the config "
+                         f"also changes: set MODEL.DETR.LOSS_PROFILE '' to use the keys, or leave them at their defaults")
+    return dict(LOSS_PROFILES[d.LOSS_PROFILE])
 
 
 class DetectorOutputs(dict):
@@ -210,8 +248,9 @@ class DeformableDETR(nn.Module):
             look_forward_twice=d.LOOK_FORWARD_TWICE, share_pred_heads=d.SHARE_PRED_HEADS,
         )
         set_ms_deform_attn_impl(transformer, d.MS_DEFORM_ATTN_IMPL)
-        matcher = HungarianMatcher(cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU,
-                                   focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
+        loss = resolve_loss_profile(cfg)
+        matcher = HungarianMatcher(cost_class=loss["COST_CLASS"], cost_bbox=loss["COST_BBOX"],
+                                   cost_giou=loss["COST_GIOU"], focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA)
         shm = cfg.SEMIDETR.SHM
         one_to_many = None
         if shm.ENABLED:
@@ -219,9 +258,11 @@ class DeformableDETR(nn.Module):
             if shm.ASSIGNER == "task_aligned":  # the Table 6 alternatives keep their own defaults
                 kwargs["topk"] = shm.TOPK
             one_to_many = build_one_to_many_assigner(shm.ASSIGNER, **kwargs)
-        criterion = SetCriterion(num_classes, matcher, class_weight=d.CLASS_WEIGHT, bbox_weight=d.BBOX_WEIGHT,
-                                 giou_weight=d.GIOU_WEIGHT, focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA,
-                                 one_to_many_assigner=one_to_many, one_to_many_gamma=shm.GAMMA)
+        criterion = SetCriterion(num_classes, matcher, class_weight=loss["CLASS_WEIGHT"],
+                                 bbox_weight=loss["BBOX_WEIGHT"], giou_weight=loss["GIOU_WEIGHT"],
+                                 focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA,
+                                 one_to_many_assigner=one_to_many, one_to_many_gamma=shm.GAMMA,
+                                 enc_class_target=loss["ENC_CLASS_TARGET"])
         return {
             "backbone": build_backbone(cfg),
             "in_features": d.IN_FEATURES,
@@ -485,6 +526,6 @@ class DINO(DeformableDETR):
         args.update(
             dn_number=cfg.MODEL.DETR.DN_NUMBER,
             dn_label_noise_ratio=cfg.MODEL.DETR.DN_LABEL_NOISE_RATIO,
-            dn_box_noise_scale=cfg.MODEL.DETR.DN_BOX_NOISE_SCALE,
+            dn_box_noise_scale=resolve_loss_profile(cfg)["DN_BOX_NOISE_SCALE"],
         )
         return args

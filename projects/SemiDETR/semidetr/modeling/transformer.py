@@ -330,11 +330,14 @@ class DeformableTransformer(nn.Module):
             content: (N, T, C) query content; reference: (N, T, 4) unsigmoided initial boxes.
             self_attn_mask: (T, T) bool, True = blocked (see denoising.build_self_attention_mask).
 
-        Box update (look-forward-twice, DINO): layer l predicts delta_l; the box passed to the next layer
-        is sigmoid(delta_l + logit(b_{l-1}.detach())), while the box that the loss sees is
-        sigmoid(delta_l + logit(b'_{l-1})), with b'_{l-1} the undetached box of the previous layer, so
-        the loss of layer l also refines layer l-1's prediction. Without it (Deformable DETR) the loss
-        sees the first form.
+        Box update (look-forward-twice, DINO): the box passed to the next layer is
+        b_l = sigmoid(head(o_l) + logit(b_{l-1}.detach())), from the layer output o_l *before* the final
+        decoder norm, while the box that the loss sees is sigmoid(head(norm(o_l)) + logit(b'_{l-1})),
+        with b'_{l-1} the undetached b_{l-1}, so the loss of layer l also refines layer l-1's box.
+        Without it (Deformable DETR) the loss sees sigmoid(head(norm(o_l)) + logit(b_{l-1}.detach())).
+        The norm feeds only the prediction heads, as in DINO, detrex
+        (projects/dino/modeling/dino_transformer.py:214 vs :226) and the official Semi-DETR code
+        (detr_od/models/utils/transformer.py:1030 vs :1039, dense_heads/dino_detr_head.py:374-377).
         """
         valid_scale = torch.cat([enc.valid_ratios, enc.valid_ratios], -1)[:, None]  # (N, 1, L, 4)
         static_pos = self.static_query_pos_and_content(reference)[0] if self.query_init == "proposal" else None
@@ -351,9 +354,13 @@ class DeformableTransformer(nn.Module):
             output = layer(output, query_pos, reference_input, enc.memory, enc.spatial_shapes, enc.padding_mask,
                            self_attn_mask)
             features = self.decoder_norm(output)
-            delta = self._head(self.bbox_embed, layer_index)(features)
-            refined = (delta + inverse_sigmoid(box)).sigmoid()
-            predicted = (delta + inverse_sigmoid(box_undetached)).sigmoid() if self.look_forward_twice else refined
+            box_head = self._head(self.bbox_embed, layer_index)
+            refine_delta = box_head(output)
+            refined = (refine_delta + inverse_sigmoid(box)).sigmoid()
+            # Without a decoder norm (Deformable DETR) both see the same input: one head call serves both.
+            delta = refine_delta if isinstance(self.decoder_norm, nn.Identity) else box_head(features)
+            previous = box_undetached if self.look_forward_twice else box
+            predicted = (delta + inverse_sigmoid(previous)).sigmoid()
             hidden.append(features)
             logits.append(self._head(self.class_embed, layer_index)(features))
             boxes.append(predicted)
