@@ -111,6 +111,24 @@ def test_duplicate_measure_counts_boxes_on_an_object_already_hit():
     assert metrics["pseudo/duplicates@0.5"] == pytest.approx(2 / 5)  # and show up here
 
 
+def test_monitoring_counts_the_monitored_images_of_a_mixed_batch():
+    """A batch mixing a monitored set with a folder without ground truth is still monitored, on the
+    images that have ground truth (SEMI.MONITOR_UNLABELED_GT with a plain unlabeled folder)."""
+    gt = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+    predictions = Instances((100, 200))
+    predictions.pred_boxes = Boxes(torch.tensor([[0.0, 0, 10, 10], [80, 80, 90, 90]]))
+    predictions.scores, predictions.pred_classes = torch.full((2,), 0.9), torch.zeros(2, dtype=torch.long)
+    monitored, unmonitored = _view(), _view()
+    monitor = Instances((100, 200))
+    monitor.gt_boxes, monitor.gt_classes = Boxes(gt), torch.zeros(2, dtype=torch.long)
+    monitored["monitor_instances"] = monitor
+    metrics = PseudoLabeler(0.4)([predictions, predictions], [_view(), _view()], [monitored, unmonitored]).metrics
+    assert metrics["pseudo/labels_per_image"] == pytest.approx(2.0)
+    assert metrics["pseudo/precision@0.5"] == pytest.approx(1 / 2)  # the unmonitored image's boxes not counted
+    assert metrics["pseudo/recall@0.5"] == pytest.approx(1 / 2)
+    assert "pseudo/precision@0.5" not in PseudoLabeler(0.4)([predictions], [_view()], [_view()]).metrics
+
+
 def test_mean_std_floor_drops_pseudo_labels_below_the_images_mean_plus_std():
     predictions = Instances((100, 200))
     scores = torch.tensor([0.9, 0.7, 0.45, 0.1, 0.1, 0.1, 0.1, 0.1])  # mean + std = 0.62

@@ -81,8 +81,9 @@ class PseudoLabeler:
         strong_labels, weak_labels, kept_masks = [], [], []
         num_filtered = num_dropped = 0
         scores = []
-        precision_hits = recall_hits = num_gt = duplicates = 0
-        monitored = all("monitor_instances" in v for v in strong_views)
+        # Monitoring counts the images whose ground truth was loaded: a batch may mix a monitored set with
+        # an unmonitored one (a plain folder), see SEMI.MONITOR_UNLABELED_GT.
+        precision_hits = recall_hits = num_gt = duplicates = monitored_labels = monitored_images = 0
         for prediction, weak, strong in zip(predictions, weak_views, strong_views):
             selected = self.filter(prediction)
             strong_size = tuple(strong["image"].shape[-2:])
@@ -102,7 +103,9 @@ class PseudoLabeler:
             num_filtered += len(selected)
             num_dropped += int(len(selected) - len(labels))
             scores.append(labels.scores)
-            if monitored:
+            if "monitor_instances" in strong:
+                monitored_images += 1
+                monitored_labels += len(labels)
                 gt = strong["monitor_instances"].to(boxes.device)
                 p_hits, r_hits = match_at_iou(boxes, labels.gt_classes, gt.gt_boxes.tensor, gt.gt_classes)
                 precision_hits += p_hits
@@ -119,9 +122,9 @@ class PseudoLabeler:
             "pseudo/score_mean": all_scores.mean() if len(all_scores) else empty,
             "pseudo/score_min": all_scores.min() if len(all_scores) else empty,
         }
-        if monitored:
-            metrics["pseudo/precision@0.5"] = precision_hits / max(len(all_scores), 1)
+        if monitored_images:
+            metrics["pseudo/precision@0.5"] = precision_hits / max(monitored_labels, 1)
             metrics["pseudo/recall@0.5"] = recall_hits / max(num_gt, 1)
             # Share of the pseudo labels that hit an object another pseudo label already hit.
-            metrics["pseudo/duplicates@0.5"] = duplicates / max(len(all_scores), 1)
+            metrics["pseudo/duplicates@0.5"] = duplicates / max(monitored_labels, 1)
         return PseudoLabelBatch(strong_labels, weak_labels, kept_masks, metrics)
