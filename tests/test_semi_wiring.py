@@ -77,7 +77,12 @@ def _opts(specs, out, *overrides):
         specs, out, "DATASETS.TRAIN", "('micro_train.1@25',)", "DATASETS.TRAIN_UNLABELED",
         "('micro_train.1@25-unlabeled',)", "SOLVER.IMS_PER_BATCH", "3", "SEMI.SAMPLE_RATIO", "(1, 2)",
         "SEMI.VIS_PERIOD", "0", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "1",
-        "SEMI.PSEUDO_SCORE_THRESH", "0.001", *overrides)
+        "SEMI.PSEUDO_SCORE_THRESH", "0.001",
+        # Many pseudo labels per image: no pseudo-label NMS and no mean + std floor unless a run sets them
+        # (the official rule's defaults would leave about one of the wide, overlapping boxes); pseudo-label
+        # denoising in both stages, so that a stage changes the assignment only.
+        "SEMI.PSEUDO_NMS_THRESH", "0.0", "SEMI.PSEUDO_MEAN_STD_FLOOR", "False",
+        "SEMI.PSEUDO_LABEL_DENOISING", "['one_to_many', 'one_to_one']", *overrides)
 
 
 class _LogRecorder(logging.Handler):
