@@ -77,7 +77,7 @@ MUTANTS = [
     ("cqc_keep_mask_ignored", PKG + "semi/query_consistency.py",
      "selected = _pad_mask(keep, student_hidden.shape[2], student_hidden.device)",
      "selected = _pad_mask([torch.ones_like(k) for k in keep], student_hidden.shape[2], student_hidden.device)",
-     ["tests/test_semi_components.py", "tests/test_cost_mining.py"]),
+     ["tests/test_fidelity_semi.py", "tests/test_semi_components.py", "tests/test_cost_mining.py"]),
     ("cpm_mean_std_without_std", PKG + "semi/cost_mining.py",
      "keep = (scores >= mean + std - _SCORE_TOLERANCE) & valid", "keep = (scores >= mean - _SCORE_TOLERANCE) & valid",
      ["tests/test_cost_mining.py"]),
