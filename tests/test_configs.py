@@ -8,8 +8,8 @@ from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT
 from semidetr import add_semidetr_config
+from semidetr.data.catalog import register_datasets_from_config
 from semidetr.engine.config_checks import check_config
-from semidetr.engine.defaults import register_config_datasets
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO_ROOT, "configs/**/*.yaml"), recursive=True)
                  if not os.path.basename(p).startswith("Base-"))
@@ -31,7 +31,7 @@ def test_config_is_valid(path):
     assert cfg.OUTPUT_DIR.startswith("output/")
     if cpu:
         cfg.MODEL.DEVICE = "cpu"
-        register_config_datasets(cfg)
+        register_datasets_from_config(cfg)
         model = build_model(cfg)
         assert model.num_classes == (3 if "bccd" in path else 6)
         assert (model.cross_view_embedding is not None) == cfg.SEMIDETR.CQC.ENABLED

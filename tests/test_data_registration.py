@@ -12,7 +12,18 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
 from semidetr.config import add_semidetr_config
-from semidetr.data import datasets as D
+from semidetr.data.catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
+from semidetr.data.coco import register_coco_json
+from semidetr.data.folder import register_image_folder
+from semidetr.data.registry import is_unlabeled, unregister_dataset
+from semidetr.data.splits import (
+    UnknownDatasetError,
+    ensure_registered,
+    register_datasets_from_config,
+    register_from_spec,
+)
+from semidetr.data.validation import DatasetError
+from semidetr.data.voc import register_voc
 from semidetr.data.bccd import BCCD_ERRATA, find_bccd_root, register_bccd
 from semidetr.data.synthetic import SHAPE_CLASSES
 
@@ -100,7 +111,7 @@ def perfect_predictions(evaluator, dataset_dicts):
 def _bccd_root():
     try:
         return find_bccd_root()
-    except D.DatasetError:
+    except DatasetError:
         pytest.skip("BCCD is not available at $DETECTRON2_DATASETS/BCCD or ../shared/datasets/BCCD/BCCD")
 
 
@@ -143,7 +154,7 @@ def test_bccd_registration_is_lazy(tmp_path, unique_name):
     prefix = unique_name("bccdlazy")
     names = register_bccd(prefix=prefix, root=str(tmp_path / "nowhere"))  # nothing read: no error
     assert names == [f"{prefix}_{s}" for s in ("train", "val", "trainval", "test")]
-    with pytest.raises(D.DatasetError, match="nowhere"):
+    with pytest.raises(DatasetError, match="nowhere"):
         DatasetCatalog.get(names[0])
 
 
@@ -153,8 +164,8 @@ def test_bccd_registration_is_lazy(tmp_path, unique_name):
 def test_voc_classes_inferred_and_shared(tmp_path, unique_name):
     root = tiny_voc(tmp_path / "voc")
     trainval, test = unique_name("voc"), unique_name("voc")
-    D.register_voc(trainval, root, "trainval")
-    D.register_voc(test, root, "test")
+    register_voc(trainval, root, "trainval")
+    register_voc(test, root, "test")
     # From all XML files of the root, sorted: "zebra" appears only in the test split.
     assert MetadataCatalog.get(trainval).thing_classes == ["cat", "dog", "zebra"]
     assert MetadataCatalog.get(test).thing_classes == ["cat", "dog", "zebra"]
@@ -174,15 +185,15 @@ def test_voc_classes_inferred_and_shared(tmp_path, unique_name):
 def test_voc_known_classes_reject_unknown_names(tmp_path, unique_name):
     root = tiny_voc(tmp_path / "voc")
     name = unique_name("voc")
-    D.register_voc(name, root, "test", class_names=["cat", "dog"])
-    with pytest.raises(D.DatasetError, match=r"Unknown class 'zebra' in '.*c\.xml'"):
+    register_voc(name, root, "test", class_names=["cat", "dog"])
+    with pytest.raises(DatasetError, match=r"Unknown class 'zebra' in '.*c\.xml'"):
         DatasetCatalog.get(name)
 
 
 def test_coco_evaluator_on_voc_set_ignores_difficult(tmp_path, unique_name):
     root = tiny_voc(tmp_path / "voc")
     name = unique_name("voceval")
-    D.register_voc(name, root, "trainval")
+    register_voc(name, root, "trainval")
     dicts = DatasetCatalog.get(name)
     evaluator = COCOEvaluator(name, output_dir=str(tmp_path / "eval"), tasks=("bbox",), use_fast_impl=False)
     assert perfect_predictions(evaluator, dicts)["AP"] == pytest.approx(100.0)
@@ -213,17 +224,17 @@ def test_folder_loader(tmp_path, unique_name):
     Image.new("RGB", (5, 5)).save(folder / ".hidden" / "x.jpg")
     (folder / "notes.txt").write_text("not an image")
     name = unique_name("folder")
-    D.register_image_folder(name, str(folder))
+    register_image_folder(name, str(folder))
     dicts = DatasetCatalog.get(name)
     assert [d["image_id"] for d in dicts] == ["b.png", "rot.jpg", os.path.join("sub", "a.jpg")]
     assert all("annotations" not in d for d in dicts)
     sizes = {d["image_id"]: (d["height"], d["width"]) for d in dicts}
     assert sizes["b.png"] == (20, 30) and sizes["rot.jpg"] == (40, 10)  # EXIF orientation applied
     assert MetadataCatalog.get(name).data_issues == {"non_image_file": 1}
-    assert D.is_unlabeled(name)
+    assert is_unlabeled(name)
 
     flat = unique_name("folder")
-    D.register_image_folder(flat, str(folder), recursive=False)
+    register_image_folder(flat, str(folder), recursive=False)
     assert [d["image_id"] for d in DatasetCatalog.get(flat)] == ["b.png", "rot.jpg"]
 
 
@@ -232,9 +243,9 @@ def test_folder_has_no_monitor_ground_truth(tmp_path, unique_name):
     folder.mkdir()
     Image.new("RGB", (8, 8)).save(folder / "a.jpg")
     name = unique_name("folder")
-    D.register_image_folder(name, str(folder))
-    with pytest.raises(D.DatasetError, match="no ground-truth source"):
-        D.load_unlabeled_with_monitor_gt(name)
+    register_image_folder(name, str(folder))
+    with pytest.raises(DatasetError, match="no ground-truth source"):
+        load_unlabeled_with_monitor_gt(name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,8 +254,8 @@ def test_folder_has_no_monitor_ground_truth(tmp_path, unique_name):
 def test_coco_json_registration(tmp_path, unique_name):
     json_file, image_root = tiny_coco(tmp_path)
     name = unique_name("coco")
-    assert D.register_coco_json(name, json_file, image_root)
-    assert not D.register_coco_json(name, json_file, image_root)  # idempotent
+    assert register_coco_json(name, json_file, image_root)
+    assert not register_coco_json(name, json_file, image_root)  # idempotent
     meta = MetadataCatalog.get(name)
     # Known before loading (lazy), in category-id order, mapped to 0..K-1.
     assert meta.thing_classes == ["alpha", "zeta"]
@@ -264,20 +275,20 @@ def test_coco_json_registration(tmp_path, unique_name):
 def test_coco_unlabeled_and_monitor_gt(tmp_path, unique_name):
     json_file, image_root = tiny_coco(tmp_path)
     name = unique_name("cocounl")
-    D.register_coco_json(name, json_file, image_root, unlabeled=True)
+    register_coco_json(name, json_file, image_root, unlabeled=True)
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == 4 and all("annotations" not in d for d in dicts)
-    monitored = {d["image_id"]: d for d in D.load_unlabeled_with_monitor_gt(name)}
+    monitored = {d["image_id"]: d for d in load_unlabeled_with_monitor_gt(name)}
     assert all("annotations" not in d for d in monitored.values())
     assert [a["category_id"] for a in monitored[3]["monitor_annotations"]] == [1]  # contiguous id of 'zeta'
     assert monitored[7]["monitor_annotations"] == []
 
     info_json, info_root = tiny_coco(tmp_path / "info", with_annotations=False)
     info = unique_name("cocoinfo")
-    D.register_coco_json(info, info_json, info_root, unlabeled=True)
+    register_coco_json(info, info_json, info_root, unlabeled=True)
     assert len(DatasetCatalog.get(info)) == 4
-    with pytest.raises(D.DatasetError, match="no ground-truth source"):
-        D.load_unlabeled_with_monitor_gt(info)
+    with pytest.raises(DatasetError, match="no ground-truth source"):
+        load_unlabeled_with_monitor_gt(info)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,22 +301,22 @@ def test_register_from_spec_resolves_relative_paths(tmp_path, monkeypatch, uniqu
     (tmp_path / "unl").mkdir()
     Image.new("RGB", (8, 6)).save(tmp_path / "unl" / "x.jpg")
     coco, unl_json, voc, voc_named, folder = (unique_name(p) for p in ("c", "cu", "v", "vn", "f"))
-    assert D.register_from_spec(f"{coco}=coco:instances.json:images") == coco
-    D.register_from_spec(f"{unl_json}=coco_unlabeled:instances.json:images")
-    D.register_from_spec(f" {voc} = voc:voc:trainval")
-    D.register_from_spec(f"{voc_named}=voc:{tmp_path / 'voc'}:trainval:dog,cat,zebra")
-    D.register_from_spec(f"{folder}=folder:unl")
-    D.register_from_spec(f"{folder}=folder:unl")  # the same spec again: fine
+    assert register_from_spec(f"{coco}=coco:instances.json:images") == coco
+    register_from_spec(f"{unl_json}=coco_unlabeled:instances.json:images")
+    register_from_spec(f" {voc} = voc:voc:trainval")
+    register_from_spec(f"{voc_named}=voc:{tmp_path / 'voc'}:trainval:dog,cat,zebra")
+    register_from_spec(f"{folder}=folder:unl")
+    register_from_spec(f"{folder}=folder:unl")  # the same spec again: fine
     assert MetadataCatalog.get(coco).json_file == str(tmp_path / "instances.json")
     assert len(DatasetCatalog.get(coco)) == 4 and "annotations" not in DatasetCatalog.get(unl_json)[0]
     assert MetadataCatalog.get(voc).thing_classes == ["cat", "dog", "zebra"]
     assert MetadataCatalog.get(voc_named).thing_classes == ["dog", "cat", "zebra"]
     assert DatasetCatalog.get(folder)[0]["file_name"] == str(tmp_path / "unl" / "x.jpg")
-    with pytest.raises(D.DatasetError, match="already registered"):
-        D.register_from_spec(f"{folder}=folder:elsewhere")
+    with pytest.raises(DatasetError, match="already registered"):
+        register_from_spec(f"{folder}=folder:elsewhere")
     for bad in ("nameonly", f"{coco}x=coco:only_json", "x=yaml:a:b", "=folder:unl"):
-        with pytest.raises(D.DatasetError, match="NAME=coco:JSON_FILE:IMAGE_ROOT"):
-            D.register_from_spec(bad)
+        with pytest.raises(DatasetError, match="NAME=coco:JSON_FILE:IMAGE_ROOT"):
+            register_from_spec(bad)
 
 
 def test_register_from_config(tmp_path, monkeypatch, unique_name):
@@ -318,11 +329,11 @@ def test_register_from_config(tmp_path, monkeypatch, unique_name):
     cfg.DATASETS.TRAIN = (f"{name}.1@50",)
     cfg.DATASETS.TRAIN_UNLABELED = (f"{name}.1@50-unlabeled",)
     cfg.DATASETS.TEST = (name,)
-    D.register_datasets_from_config(cfg)
+    register_datasets_from_config(cfg)
     assert len(DatasetCatalog.get(f"{name}.1@50")) == 2 and len(DatasetCatalog.get(f"{name}.1@50-unlabeled")) == 2
     cfg.DATASETS.TEST = (name + "_typo",)
-    with pytest.raises(D.UnknownDatasetError, match=name):
-        D.register_datasets_from_config(cfg)
+    with pytest.raises(UnknownDatasetError, match=name):
+        register_datasets_from_config(cfg)
 
 
 def test_ensure_registered_splits_and_close_matches(tmp_path, unique_name):
@@ -330,9 +341,9 @@ def test_ensure_registered_splits_and_close_matches(tmp_path, unique_name):
     write_voc(root, {f"img{i}": (20, 20, [("dog", 2, 2, 10, 10, False)]) for i in range(20)},
               {"many": [f"img{i}" for i in range(20)]})
     base = unique_name("base")
-    D.register_voc(base, root, "many")
-    labeled_name = D.ensure_registered(f"{base}.2@25")
-    unlabeled_name = D.ensure_registered(f"{base}.2@25-unlabeled")
+    register_voc(base, root, "many")
+    labeled_name = ensure_registered(f"{base}.2@25")
+    unlabeled_name = ensure_registered(f"{base}.2@25-unlabeled")
     labeled, unlabeled = DatasetCatalog.get(labeled_name), DatasetCatalog.get(unlabeled_name)
     assert len(labeled) == 5 and len(unlabeled) == 15
     assert all(len(r["annotations"]) == 1 for r in labeled)
@@ -342,15 +353,15 @@ def test_ensure_registered_splits_and_close_matches(tmp_path, unique_name):
     assert MetadataCatalog.get(labeled_name).thing_classes == ["cat", "dog", "zebra"]
     assert MetadataCatalog.get(labeled_name).evaluator_type == "coco"
     assert not hasattr(MetadataCatalog.get(labeled_name), "json_file")
-    assert D.ensure_registered(labeled_name) == labeled_name  # idempotent
+    assert ensure_registered(labeled_name) == labeled_name  # idempotent
 
-    with pytest.raises(D.UnknownDatasetError) as error:
-        D.ensure_registered(base[:-1] + "X")
+    with pytest.raises(UnknownDatasetError) as error:
+        ensure_registered(base[:-1] + "X")
     assert base in str(error.value) and "Close registered names" in str(error.value)
-    with pytest.raises(D.UnknownDatasetError, match="Cannot resolve split"):
-        D.ensure_registered("no_such_base_qq.1@10")
-    with pytest.raises(D.UnknownDatasetError, match=rf"Did you mean '{base}\.1@10'"):
-        D.ensure_registered(f"{base}.1@10.0")
+    with pytest.raises(UnknownDatasetError, match="Cannot resolve split"):
+        ensure_registered("no_such_base_qq.1@10")
+    with pytest.raises(UnknownDatasetError, match=rf"Did you mean '{base}\.1@10'"):
+        ensure_registered(f"{base}.1@10.0")
 
 
 def test_unlabeled_split_monitor_gt_only_on_request(tmp_path, unique_name, caplog):
@@ -358,12 +369,12 @@ def test_unlabeled_split_monitor_gt_only_on_request(tmp_path, unique_name, caplo
     write_voc(root, {f"img{i}": (20, 20, [("cat", 1 + i % 5, 2, 12, 15, False)]) for i in range(10)},
               {"ten": [f"img{i}" for i in range(10)]})
     base = unique_name("mon")
-    D.register_voc(base, root, "ten")
-    name = D.ensure_registered(f"{base}.1@20-unlabeled")
+    register_voc(base, root, "ten")
+    name = ensure_registered(f"{base}.1@20-unlabeled")
     assert all("annotations" not in r and "monitor_annotations" not in r for r in DatasetCatalog.get(name))
-    assert all("annotations" not in r for r in D.get_unlabeled_dicts(name))
+    assert all("annotations" not in r for r in get_unlabeled_dicts(name))
     with caplog.at_level("WARNING"):
-        monitored = D.load_unlabeled_with_monitor_gt(name)
+        monitored = load_unlabeled_with_monitor_gt(name)
     assert "MONITORING ONLY" in caplog.text
     assert len(monitored) == 8
     truth = {r["file_name"]: r["annotations"] for r in DatasetCatalog.get(base)}
@@ -371,19 +382,19 @@ def test_unlabeled_split_monitor_gt_only_on_request(tmp_path, unique_name, caplo
         assert "annotations" not in record
         assert record["monitor_annotations"] == truth[record["file_name"]]
     # A labeled set used as unlabeled data: annotations stripped, its own ground truth for monitoring.
-    assert all("annotations" not in r for r in D.get_unlabeled_dicts(base))
-    assert len(D.load_unlabeled_with_monitor_gt(base)[0]["monitor_annotations"]) == 1
+    assert all("annotations" not in r for r in get_unlabeled_dicts(base))
+    assert len(load_unlabeled_with_monitor_gt(base)[0]["monitor_annotations"]) == 1
 
 
 def test_register_twice_with_other_definition_fails(tmp_path, unique_name):
     root = tiny_voc(tmp_path / "voc")
     name = unique_name("dup")
-    assert D.register_voc(name, root, "trainval")
-    assert not D.register_voc(name, root, "trainval")
-    with pytest.raises(D.DatasetError, match="already registered"):
-        D.register_voc(name, root, "test")
-    with pytest.raises(D.DatasetError, match="outside semidetr"):
-        D.register_image_folder("voc_2007_trainval", str(tmp_path))  # detectron2's own name
+    assert register_voc(name, root, "trainval")
+    assert not register_voc(name, root, "trainval")
+    with pytest.raises(DatasetError, match="already registered"):
+        register_voc(name, root, "test")
+    with pytest.raises(DatasetError, match="outside semidetr"):
+        register_image_folder("voc_2007_trainval", str(tmp_path))  # detectron2's own name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,12 +407,12 @@ def test_builtin_names():
     assert MetadataCatalog.get("voc07_test").evaluator_type == "coco"
     assert MetadataCatalog.get("voc_2007_test").evaluator_type == "pascal_voc"  # detectron2's, untouched
     assert len(MetadataCatalog.get("voc07_trainval").thing_classes) == 20
-    assert D.is_unlabeled("voc12_trainval-unlabeled") and D.is_unlabeled("coco_2017_unlabeled")
+    assert is_unlabeled("voc12_trainval-unlabeled") and is_unlabeled("coco_2017_unlabeled")
     # Synthetic classes are known without generating anything; the split inherits them.
-    D.ensure_registered("shapes_train.1@10")
-    D.ensure_registered("shapes_train.1@10-unlabeled")
+    ensure_registered("shapes_train.1@10")
+    ensure_registered("shapes_train.1@10-unlabeled")
     assert MetadataCatalog.get("shapes_train.1@10").thing_classes == list(SHAPE_CLASSES)
-    assert D.is_unlabeled("shapes_train.1@10-unlabeled")
+    assert is_unlabeled("shapes_train.1@10-unlabeled")
 
 
 def test_coco_partial_files_take_precedence(tmp_path, monkeypatch):
@@ -414,8 +425,8 @@ def test_coco_partial_files_take_precedence(tmp_path, monkeypatch):
                [{"id": 1, "name": "person"}])
     name = "coco_2017_train.4@3"
     try:
-        assert D.ensure_registered(name) == name
+        assert ensure_registered(name) == name
         assert MetadataCatalog.get(name).json_file == str(split_dir / "instances_train2017.4@3.json")
         assert len(DatasetCatalog.get(name)) == 1
     finally:
-        D.unregister_dataset(name)
+        unregister_dataset(name)

@@ -9,8 +9,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from semidetr.data import datasets as D
-from semidetr.data.validation import DataIssues, sanitize_annotations
+from semidetr.data.coco import register_coco_json
+from semidetr.data.folder import register_image_folder
+from semidetr.data.validation import DataIssues, DatasetError, sanitize_annotations
+from semidetr.data.voc import register_voc
 
 
 
@@ -44,7 +46,7 @@ def write_voc(root, images, splits, image_sizes=None, skip_images=(), raw_xml=No
 
 def load_voc(unique_name, root, split, **kwargs):
     name = unique_name()
-    D.register_voc(name, root, split, **kwargs)
+    register_voc(name, root, split, **kwargs)
     return name, DatasetCatalog.get(name)
 
 
@@ -70,15 +72,15 @@ def test_missing_image_is_skipped_with_one_warning(tmp_path, unique_name, caplog
 
 def test_all_images_missing_is_an_error(tmp_path, unique_name):
     root = write_voc(tmp_path, {"x": (20, 20, [OK_BOX])}, {"all": ["x"]}, skip_images=("x",))
-    with pytest.raises(D.DatasetError, match="No usable image.*missing_image"):
+    with pytest.raises(DatasetError, match="No usable image.*missing_image"):
         load_voc(unique_name, root, "all")
 
 
 def test_empty_labeled_split_is_an_error(tmp_path, unique_name):
     root = write_voc(tmp_path, {"x": (20, 20, [OK_BOX])}, {"empty": []})
-    with pytest.raises(D.DatasetError, match=r"No usable image in VOC split file '.*empty\.txt'"):
+    with pytest.raises(DatasetError, match=r"No usable image in VOC split file '.*empty\.txt'"):
         load_voc(unique_name, root, "empty")
-    with pytest.raises(D.DatasetError, match=r"'.*nosuchsplit\.txt' does not exist.*\['empty'\]"):
+    with pytest.raises(DatasetError, match=r"'.*nosuchsplit\.txt' does not exist.*\['empty'\]"):
         load_voc(unique_name, root, "nosuchsplit")
 
 
@@ -131,7 +133,7 @@ def test_box_policy_on_voc(tmp_path, unique_name):
 
 def test_unknown_class_is_an_error_naming_the_file(tmp_path, unique_name):
     root = write_voc(tmp_path, {"x": (20, 20, [OK_BOX, ("mystery", 1, 1, 5, 5)])}, {"all": ["x"]})
-    with pytest.raises(D.DatasetError, match=r"Unknown class 'mystery' in '.*Annotations/x\.xml'.*class names"):
+    with pytest.raises(DatasetError, match=r"Unknown class 'mystery' in '.*Annotations/x\.xml'.*class names"):
         load_voc(unique_name, root, "all", class_names=["a"])
     # With the classes inferred from the data, every name is known.
     name, dicts = load_voc(unique_name, root, "all")
@@ -174,19 +176,19 @@ def test_folder_non_image_files_counted_and_empty_folder_error(tmp_path, unique_
     (folder / "README.md").write_text("hello")
     (folder / "labels.csv").write_text("a,b")
     name = unique_name()
-    D.register_image_folder(name, str(folder))
-    with pytest.raises(D.DatasetError, match=r"No usable image in image folder '.*unl'.*non_image_file"):
+    register_image_folder(name, str(folder))
+    with pytest.raises(DatasetError, match=r"No usable image in image folder '.*unl'.*non_image_file"):
         DatasetCatalog.get(name)
     Image.new("RGB", (9, 7)).save(folder / "img.JPG")  # upper-case extension is an image too
     (folder / "fake.png").write_text("not png")
     other = unique_name()
-    D.register_image_folder(other, str(folder))
+    register_image_folder(other, str(folder))
     dicts = DatasetCatalog.get(other)
     assert [d["image_id"] for d in dicts] == ["img.JPG"]
     assert MetadataCatalog.get(other).data_issues == {"non_image_file": 2, "unreadable_image": 1}
     missing = unique_name()
-    D.register_image_folder(missing, str(tmp_path / "does_not_exist"))
-    with pytest.raises(D.DatasetError, match="does_not_exist' does not exist"):
+    register_image_folder(missing, str(tmp_path / "does_not_exist"))
+    with pytest.raises(DatasetError, match="does_not_exist' does not exist"):
         DatasetCatalog.get(missing)
 
 
@@ -216,7 +218,7 @@ def test_coco_box_policy_and_missing_image(tmp_path, unique_name):
         {"category_id": 1, "bbox": [2, 2, 8, 8], "iscrowd": 1},  # crowd boxes are never duplicates
     ])
     name = unique_name()
-    D.register_coco_json(name, json_file, image_root)
+    register_coco_json(name, json_file, image_root)
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == 1
     assert [a["bbox"] for a in dicts[0]["annotations"]] == [[25.0, 5.0, 5.0, 5.0], [2, 2, 8, 8], [2, 2, 8, 8]]
@@ -229,18 +231,18 @@ def test_coco_box_policy_and_missing_image(tmp_path, unique_name):
 def test_coco_unknown_category_and_bad_json_are_errors(tmp_path, unique_name):
     json_file, image_root = _write_coco(tmp_path, [{"category_id": 5, "bbox": [1, 1, 3, 3]}])
     name = unique_name()
-    D.register_coco_json(name, json_file, image_root)
-    with pytest.raises(D.DatasetError, match=r"data\.json.*category_id=5"):
+    register_coco_json(name, json_file, image_root)
+    with pytest.raises(DatasetError, match=r"data\.json.*category_id=5"):
         DatasetCatalog.get(name)
     empty = tmp_path / "nocats.json"
     empty.write_text(json.dumps({"images": [{"id": 1, "file_name": "1.png", "height": 20, "width": 30}]}))
     other = unique_name()
-    D.register_coco_json(other, str(empty), image_root)
-    with pytest.raises(D.DatasetError, match="nocats.json.*not a valid labeled"):
+    register_coco_json(other, str(empty), image_root)
+    with pytest.raises(DatasetError, match="nocats.json.*not a valid labeled"):
         DatasetCatalog.get(other)
     missing = unique_name()
-    D.register_coco_json(missing, str(tmp_path / "absent.json"), image_root)
-    with pytest.raises(D.DatasetError, match="absent.json' does not exist"):
+    register_coco_json(missing, str(tmp_path / "absent.json"), image_root)
+    with pytest.raises(DatasetError, match="absent.json' does not exist"):
         DatasetCatalog.get(missing)
 
 

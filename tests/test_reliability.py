@@ -108,7 +108,7 @@ def test_nonfinite_steps_are_skipped_and_counted(caplog):
     # No warm-up: the teacher then differs from the student after step 0, so an EMA update in a skipped
     # step would move it (with warm-up it would be a copy of the unchanged student, and so unchanged).
     ema = EmaTeacherHook(EmaUpdater(teacher, model), momentum=0.5, warmup=False)
-    ema.trainer = type("T", (), {"_trainer": trainer, "iter": 0})()
+    ema.trainer = type("T", (), {"last_step_skipped": property(lambda _: trainer.last_step_skipped), "iter": 0})()
     weights = []
     with EventStorage(0) as storage, caplog.at_level(logging.WARNING):
         for iteration in range(4):

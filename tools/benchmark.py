@@ -647,7 +647,7 @@ class TrainerRunner:
 
         from semidetr import add_semidetr_config
         from semidetr.engine.config_checks import check_config
-        from semidetr.engine.defaults import register_config_datasets
+        from semidetr.data.catalog import register_datasets_from_config
         from semidetr.engine.trainer import Trainer
 
         logging.basicConfig(level=logging.WARNING)
@@ -667,7 +667,7 @@ class TrainerRunner:
         cfg.SOLVER.CHECKPOINT_PERIOD = 10 ** 9
         cfg.SOLVER.MAX_ITER = max(cfg.SOLVER.MAX_ITER, 10 ** 6)  # no end-of-training hook fires
         check_config(cfg, world_size=1)
-        register_config_datasets(cfg)
+        register_datasets_from_config(cfg)
         cfg.freeze()
         seed_all_rng(seed)
         torch.manual_seed(seed)

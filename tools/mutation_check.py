@@ -104,7 +104,7 @@ MUTANTS = [
      "ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM))",
      [WIRING + "::test_without_ema_warmup_the_teacher_keeps_momentum_from_the_first_step"]),
     ("ema_updates_after_skipped_step", PKG + "engine/hooks.py",
-     "if self.trainer._trainer.last_step_skipped:", "if False:",
+     "if self.trainer.last_step_skipped:", "if False:",
      [RELIABILITY + "::test_nonfinite_steps_are_skipped_and_counted"]),
     ("ema_warmup_off_by_one", PKG + "semi/ema.py",
      "return min(momentum, 1.0 - 1.0 / (iteration + 1)) if warmup else momentum",

@@ -10,22 +10,9 @@ import inspect
 
 import detectron2
 
-__all__ = ["DETECTRON2_VERSION", "HAS_DETECTRON2_C", "check_detectron2"]
+__all__ = ["DETECTRON2_VERSION", "check_detectron2"]
 
 DETECTRON2_VERSION = detectron2.__version__
-
-
-def _has_compiled_ops() -> bool:
-    try:
-        importlib.import_module("detectron2._C")
-    except ImportError:
-        return False
-    return True
-
-
-# Informational only: nothing in this project calls detectron2._C. COCOEvaluator is always created with
-# use_fast_impl=False (the fast implementation is the only evaluation code that needs _C).
-HAS_DETECTRON2_C = _has_compiled_ops()
 
 
 def check_detectron2() -> None:

@@ -2,35 +2,8 @@
 """BCCD (blood cell detection): a small real data set in VOC layout, with its documented errata.
 
 364 images of 640x480, classes RBC, WBC, Platelets (names and ids read from the data: sorted, so
-Platelets=0, RBC=1, WBC=2), splits train/val/trainval/test of ImageSets/Main.
-
-Every XML file and image was inspected (box statistics per class, duplicate and overlap search, and
-all images drawn with their boxes). Findings and their handling:
-
-* 2 zero-extent boxes (a click without a drag: xmin == xmax, ymin == ymax) in BloodImage_00338 and
-  BloodImage_00343: dropped by the generic rule ("degenerate_box").
-* 8 duplicated RBC boxes, the same cell boxed twice with a 2-6 px shift (IoU 0.83-0.93), in 00013,
-  00020, 00100, 00104, 00251, 00284, 00331, 00403: dropped by the generic duplicate rule with the
-  threshold :data:`BCCD_DUPLICATE_IOU` = 0.8. Justification from the data: apart from these pairs, the
-  largest IoU between two same-class boxes in BCCD is 0.59, so 0.8 separates them cleanly.
-* 3 class errors, found as size outliers and confirmed by eye: a 31x27 platelet labeled WBC in
-  00113, and two whole white cells (167x116, 143x135) labeled Platelets in 00133 and 00135:
-  relabeled ("relabeled_box").
-* 18 images whose annotation leaves a whole visible class out: 15 images with no RBC box at all while
-  dozens of red cells are visible (00134, 00147, 00150, 00152, 00224, 00249, 00250, 00258, 00267,
-  00268, 00303, 00322, 00327, 00330, 00350; 00327 also misses its WBC), and 3 images annotated
-  only for RBC in another project (folder "RBC", path /Users/cosmic/WBC_CLASSIFICATION_ANNO) whose
-  visible WBC is not boxed (00171, 00178, 00228). Excluded from the labeled sets
-  ("excluded_image"): training on them teaches that cells are background, and evaluating on them
-  counts correct detections as false positives. They remain usable as unlabeled images.
-
-Nothing else was found: all 364 images exist, decode, are 640x480 RGB JPEGs matching their XML
-<size>; every box lies inside its image (1-based coordinates, xmax <= 640, ymax <= 480); no object
-is "difficult"; the splits are consistent (train + val = trainval, trainval and test disjoint, 364
-images in all). Partially annotated RBCs (some cells of an image without a box) are common in BCCD and
-are not corrected: they cannot be told apart from judgement calls on cut or overlapped cells.
-
-After the errata: train 197 images (of 205), val 82 (87), trainval 279 (292), test 67 (72).
+Platelets=0, RBC=1, WBC=2), splits train/val/trainval/test of ImageSets/Main. The errata
+(BCCD_ERRATA, BCCD_DUPLICATE_IOU), how they were found and why: datasets/README.md, section "BCCD".
 """
 import os
 from typing import List, Optional
@@ -43,7 +16,7 @@ __all__ = ["BCCD_SPLITS", "BCCD_ERRATA", "BCCD_DUPLICATE_IOU", "find_bccd_root",
 
 BCCD_SPLITS = ("train", "val", "trainval", "test")
 
-# Same-class boxes of one image with at least this IoU are duplicates (see the module doc).
+# Same-class boxes of one image with at least this IoU are duplicates (datasets/README.md, BCCD).
 BCCD_DUPLICATE_IOU = 0.8
 
 _INCOMPLETE_RBC = "RBCs visible but none annotated"

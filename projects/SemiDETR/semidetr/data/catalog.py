@@ -8,13 +8,12 @@ Importing this module registers the built-in data sets (semidetr/data/builtin.py
   demand, or fails with the close registered names;
 * :func:`get_unlabeled_dicts`: the dicts of a set used as unlabeled data (never with "annotations");
 * :func:`load_unlabeled_with_monitor_gt`: the same with the ground truth under
-  "monitor_annotations", for SEMI.MONITOR_UNLABELED_GT only;
-* :func:`data_issue_counts`: the data-validation counts of loaded sets, for the metrics.
+  "monitor_annotations", for SEMI.MONITOR_UNLABELED_GT only.
 """
 import copy
 import functools
 import logging
-from typing import Dict, List
+from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -32,7 +31,6 @@ from .validation import DatasetError, NoGroundTruthError
 __all__ = [
     "DatasetError",
     "UnknownDatasetError",
-    "data_issue_counts",
     "ensure_registered",
     "get_unlabeled_dicts",
     "is_unlabeled",
@@ -94,15 +92,3 @@ def load_unlabeled_with_monitor_gt(name: str) -> List[dict]:
     for record in unlabeled:
         record["monitor_annotations"] = copy.deepcopy(truth.get(record["file_name"], []))
     return unlabeled
-
-
-def data_issue_counts(names: List[str]) -> Dict[str, int]:
-    """Sum of the data-issue counts of loaded data sets (kind -> count), for the trainer's metrics.
-
-    A data set that was not loaded yet contributes nothing.
-    """
-    total: Dict[str, int] = {}
-    for name in names:
-        for kind, count in MetadataCatalog.get(name).get("data_issues", {}).items():
-            total[kind] = total.get(kind, 0) + int(count)
-    return total

@@ -12,20 +12,11 @@ from detectron2.utils.logger import setup_logger
 from ..config import add_semidetr_config
 from .checkpoint import read_model_info
 from .config_checks import check_config
-from ..data.catalog import ensure_registered, register_from_spec
+from ..data.catalog import register_datasets_from_config
 
-__all__ = ["setup_cfg", "setup_cfg_from_checkpoint", "register_config_datasets", "shutdown_distributed"]
+__all__ = ["setup_cfg", "setup_cfg_from_checkpoint", "shutdown_distributed"]
 
 logger = logging.getLogger(__name__)
-
-
-def register_config_datasets(cfg) -> None:
-    """Register DATASETS.REGISTER and resolve every data set the config names (split names such as
-    "shapes_train.1@10" are registered on demand). Runs in every process."""
-    for spec in cfg.DATASETS.REGISTER:
-        register_from_spec(spec)
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TRAIN_UNLABELED) + list(cfg.DATASETS.TEST):
-        ensure_registered(name)
 
 
 def setup_cfg(args, *, for_training: bool = True):
@@ -39,7 +30,7 @@ def setup_cfg(args, *, for_training: bool = True):
     cfg.merge_from_list(args.opts)
     _device_fallback(cfg)
     check_config(cfg, world_size=comm.get_world_size())
-    register_config_datasets(cfg)
+    register_datasets_from_config(cfg)
     cfg.freeze()
     if for_training:
         # detectron2's default_setup writes OUTPUT_DIR/config.yaml; --eval-only must not replace the config

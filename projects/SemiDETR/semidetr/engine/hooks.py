@@ -25,7 +25,7 @@ class EmaTeacherHook(HookBase):
         self.warmup = warmup
 
     def after_step(self):
-        if self.trainer._trainer.last_step_skipped:
+        if self.trainer.last_step_skipped:
             return
         with record_function("semi/ema"):
             self.updater.update(ema_decay(self.momentum, self.trainer.iter, self.warmup))

@@ -23,16 +23,19 @@ from detectron2.utils import comm
 from torch.profiler import record_function
 
 from ..modeling.box_ops import xyxy_to_cxcywh
+from ..modeling.detector import loss_group_prefix
 from ..semi.pseudo_labels import PseudoLabeler
 from ..semi.query_consistency import CrossViewConsistency
 from .stage import ONE_TO_ONE, StageSchedule
 from .train_loop import DetrTrainer, autocast_step
 
-__all__ = ["SemiTrainer", "UNSUP_PREFIX", "IMAGES_WITHOUT_PSEUDO_LABELS"]
+__all__ = ["SemiTrainer", "UNSUP_GROUP", "UNSUP_PREFIX", "IMAGES_WITHOUT_PSEUDO_LABELS"]
 
 logger = logging.getLogger(__name__)
 
-UNSUP_PREFIX = "unsup_"
+# The loss group of the pseudo-labeled strong views; the detector prefixes its loss names with UNSUP_PREFIX.
+UNSUP_GROUP = "unsup"
+UNSUP_PREFIX = loss_group_prefix(UNSUP_GROUP)
 CONSISTENCY_LOSS = "loss_consistency"
 # SEMI.IMAGES_WITHOUT_PSEUDO_LABELS -> classification-loss weight of such an unlabeled image.
 IMAGES_WITHOUT_PSEUDO_LABELS = {"background": 1.0, "ignore": 0.0}
@@ -118,8 +121,8 @@ class SemiTrainer(DetrTrainer):
         student_inputs = [{**x, "assignment": labeled_assignment} for x in labeled]
         cross_inputs = self.consistency.student_inputs(candidates) if consistency_on else [{}] * len(strong)
         student_inputs += [
-            {**view, **cross, "instances": labels, "loss_group": "unsup", "denoise": denoise, "assignment": assignment,
-             "class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}
+            {**view, **cross, "instances": labels, "loss_group": UNSUP_GROUP, "denoise": denoise,
+             "assignment": assignment, "class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}
             for view, labels, cross in zip(strong, pseudo.strong, cross_inputs)
         ]
         with record_function("semi/student_forward"):

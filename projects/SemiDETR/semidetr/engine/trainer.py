@@ -100,6 +100,11 @@ class Trainer(DefaultTrainer):
         """The training stage of the current iteration (of the last trained one once training ended)."""
         return self.stage_schedule.at(min(self.iter, self.max_iter - 1))
 
+    @property
+    def last_step_skipped(self) -> bool:
+        """Whether the last step was skipped (non-finite loss or gradient): the optimizer did not step."""
+        return self._trainer.last_step_skipped
+
     def models(self) -> Dict[str, nn.Module]:
         student = _unwrap(self._trainer.model)
         return {"teacher": self.teacher, "student": student} if self.semi else {"model": student}

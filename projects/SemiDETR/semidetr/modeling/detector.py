@@ -48,9 +48,14 @@ from .tensor_utils import small_tensor
 from .transformer import DeformableTransformer, EncoderMemory, QuerySelection
 
 __all__ = ["DeformableDETR", "DINO", "resolve_num_classes", "resolve_loss_profile", "LOSS_PROFILES", "DetectorOutputs", "EncodedImages", "CrossViewQueries",
-           "TrainingOutputs"]
+           "TrainingOutputs", "loss_group_prefix"]
 
 logger = logging.getLogger(__name__)
+
+
+def loss_group_prefix(group: str) -> str:
+    """The prefix of the loss names of an image's "loss_group" ("" = the labeled group, no prefix)."""
+    return f"{group}_" if group else ""
 
 
 def resolve_num_classes(cfg) -> int:
@@ -450,7 +455,7 @@ class DeformableDETR(nn.Module):
             group_losses = self.criterion(selected, [targets[i] for i in index], denoising,
                                           dn_targets=[dn_targets[i] for i in index], assignment=assignments.pop(),
                                           image_weights=image_weights)
-            prefix = f"{group}_" if group else ""
+            prefix = loss_group_prefix(group)
             losses.update({prefix + name: value for name, value in group_losses.items()})
         return losses
 
