@@ -3,7 +3,7 @@
 # the synthetic "shapes" data with 10% of the images labeled, on the CPU, for a few minutes; evaluation
 # of the teacher (COCO AP) and PNGs of its predictions under output/demo/.
 #
-#   bash tools/demo.sh                 # DEMO_ITERS=300 iterations (about 7 minutes on 2 idle cores)
+#   bash tools/demo.sh                 # DEMO_ITERS=300 iterations (about 10 minutes on 2 idle cores: ~2 s per iteration with the official CQC)
 #   DEMO_ITERS=2000 bash tools/demo.sh # longer: see BENCHMARKS.md for the AP it reaches
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
