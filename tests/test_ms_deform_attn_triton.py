@@ -47,6 +47,15 @@ def _forward_backward(implementation, shapes, value, locations, weights, cotange
     return output, torch.autograd.grad((output.double() * cotangent).sum(), inputs)
 
 
+def _assert_float64_match(reference, shapes, value, locations, weights, cotangent):
+    """The fused kernel's float64 values and gradients equal `reference`'s (within 1e-12 / 1e-10)."""
+    fused, fused_grads = _forward_backward(ms_deform_attn_triton, tuple(shapes), value, locations, weights, cotangent)
+    expected, expected_grads = _forward_backward(reference, shapes, value, locations, weights, cotangent)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-12)
+    for fused_grad, expected_grad in zip(fused_grads, expected_grads):
+        torch.testing.assert_close(fused_grad, expected_grad, rtol=0, atol=1e-10)
+
+
 if not INTERPRETED:
 
     def test_kernel_under_the_interpreter():
@@ -128,12 +137,7 @@ else:
         value, locations, weights = _inputs(shapes, kink_free=True, seed=3)
         cotangent = torch.randn(2, locations.shape[1], 6, dtype=torch.float64,
                                 generator=torch.Generator().manual_seed(4))
-        fused, fused_grads = _forward_backward(ms_deform_attn_triton, tuple(shapes), value, locations, weights,
-                                               cotangent)
-        naive, naive_grads = _forward_backward(ms_deform_attn_naive, shapes, value, locations, weights, cotangent)
-        torch.testing.assert_close(fused, naive, rtol=0, atol=1e-12)
-        for fused_grad, naive_grad in zip(fused_grads, naive_grads):
-            torch.testing.assert_close(fused_grad, naive_grad, rtol=0, atol=1e-10)
+        _assert_float64_match(ms_deform_attn_naive, shapes, value, locations, weights, cotangent)
 
     def test_values_at_pixel_centres_match():
         # Values (not gradients) are continuous at pixel centres: query 1 sits on them.
@@ -165,12 +169,7 @@ else:
                                             seed=7)
         locations[:, 1] = 0.3  # off the pixel centres (see _random_inputs)
         cotangent = torch.randn(1, 70, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-        fused, fused_grads = _forward_backward(ms_deform_attn_triton, tuple(shapes), value, locations, weights,
-                                               cotangent)
-        core, core_grads = _forward_backward(ms_deform_attn_core, shapes, value, locations, weights, cotangent)
-        torch.testing.assert_close(fused, core, rtol=0, atol=1e-12)
-        for fused_grad, core_grad in zip(fused_grads, core_grads):
-            torch.testing.assert_close(fused_grad, core_grad, rtol=0, atol=1e-10)
+        _assert_float64_match(ms_deform_attn_core, shapes, value, locations, weights, cotangent)
 
     def test_points_far_outside_read_zero_and_get_no_gradient():
         shapes = SHAPE_SETS["multi"]
