@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from types import SimpleNamespace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,3 +75,94 @@ def test_a_locked_run_is_waited_for_and_then_reused(script, tmp_path):
     holder.close()
     waiter.join(timeout=10)
     assert result == {"AP": 12.5, "AP50": 20.0, "iteration": 9}
+
+
+# ------------------------------------------------------------------------------------------------------
+# What each run trains on: the fold of the seed, the same labeled images per step, budgets in the names
+def _planned_runs(script, tmp_path, monkeypatch, **overrides):
+    """The (config, run directory, overrides) of every run of one setting x seed, nothing trained."""
+    planned = []
+
+    def fake_run_training(config, out_dir, opts, threads):
+        planned.append((config, out_dir, opts))
+        return {"AP": 1.0, "AP50": 2.0, "iteration": 0}
+
+    monkeypatch.setattr(script, "run_training", fake_run_training)
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=list(script.ROWS), jobs=1, threads=1,
+                           out=str(tmp_path), no_ceiling=False)
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    script.run_setting("shapes_lite", 2, args, script.JobQueue(1), (0, 0))
+    return {os.path.relpath(out_dir, tmp_path): (config, dict(zip(opts[::2], opts[1::2])))
+            for config, out_dir, opts in planned}
+
+
+def test_every_row_sees_the_same_labeled_images_per_step_of_the_seeds_fold(script, tmp_path, monkeypatch):
+    runs = _planned_runs(script, tmp_path, monkeypatch)
+    burn_in = runs["shapes_lite/seed2/burn_in300"][1]
+    assert burn_in["DATASETS.TRAIN"] == "('shapes_lite_train.2@5',)" and burn_in["SOLVER.MAX_ITER"] == "300"
+    assert burn_in["TEST.EVAL_PERIOD"] == "50"  # the plateau curve
+    rows = {row: runs[f"shapes_lite/seed2/rows_from300_iters100/{row}"] for row in script.ROWS}
+    per_step = script.labeled_per_step("ssod_baseline_shapes_lite_cpu.yaml")
+    assert per_step == 1  # 5 images split 1:4
+    assert rows["sup_only"][1]["SOLVER.IMS_PER_BATCH"] == str(per_step)
+    for row in script.SEMI_ROWS:
+        config, opts = rows[row]
+        assert opts["DATASETS.TRAIN"] == "('shapes_lite_train.2@5',)", row
+        assert opts["DATASETS.TRAIN_UNLABELED"] == "('shapes_lite_train.2@5-unlabeled',)", row
+        assert "SOLVER.IMS_PER_BATCH" not in opts  # the config's 5 = 1 labeled + 4 unlabeled
+    for config, opts in rows.values():
+        assert opts["MODEL.WEIGHTS"].endswith("shapes_lite/seed2/burn_in300/model_final.pth")
+        assert opts["SOLVER.MAX_ITER"] == "100" and opts["SEED"] == "2" and opts["TEST.EVAL_PERIOD"] == "0"
+    ceiling = runs["ceiling_shapes_lite_train/seed2/ceiling400"][1]
+    assert ceiling["DATASETS.TRAIN"] == "('shapes_lite_train',)" and ceiling["SOLVER.MAX_ITER"] == "400"
+    assert "ceiling_shapes_lite_train/seed2/ceiling400" not in _planned_runs(script, tmp_path, monkeypatch,
+                                                                             no_ceiling=True)
+
+
+def _write_run(run_dir, evaluations, pseudo=None, teacher=False, iterations=100):
+    os.makedirs(run_dir, exist_ok=True)
+    prefix = "teacher/bbox/" if teacher else "bbox/"
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        for iteration in range(0, iterations, 10):
+            f.write(json.dumps({"iteration": iteration, "total_loss": 1.0, **(pseudo or {}).get(iteration, {})}) + "\n")
+        for iteration, ap in evaluations:
+            f.write(json.dumps({"iteration": iteration, prefix + "AP": ap, prefix + "AP50": 2 * ap}) + "\n")
+    open(os.path.join(run_dir, "model_final.pth"), "wb").close()
+
+
+def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script, tmp_path):
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=list(script.ROWS), seeds=[1, 2, 3],
+                           settings=["shapes_lite"], out=str(tmp_path))
+    final = {"sup_only": (20, 22, 24), "ssod_baseline": (21, 23, 25), "shm": (22, 24, 26), "shm_cqc": (23, 25, 27),
+             "semidetr": (30, 31, 32), "ceiling": (40, 42, 44)}
+    for seed in (1, 2, 3):
+        dirs = script.run_dirs("shapes_lite", seed, args)
+        # Burn-in curve: +5 AP over the first 3/4, +0.5 over the last quarter -> a plateau.
+        _write_run(dirs["burn_in"], [(99, 10.0), (199, 15.0), (299, 15.5)])
+        for run, values in final.items():
+            early = {i: {"pseudo/precision@0.5": 0.0} for i in range(0, 50, 10)}  # the first half does not count
+            late = {i: {"pseudo/precision@0.5": 0.9, "pseudo/recall@0.5": 0.5} for i in range(50, 100, 10)}
+            _write_run(dirs[run], [(99, float(values[seed - 1]))], {**early, **late}, teacher=run in script.SEMI_ROWS)
+    text = script.table(script.collect(args), args)
+    lines = text.splitlines()
+    assert "| Row | seed 1 | seed 2 | seed 3 | mean | std |" in lines
+    assert "| sup-only | 20.0 | 22.0 | 24.0 | 22.0 | 2.0 |" in lines  # sample std of 20, 22, 24
+    assert "| Semi-DETR | 30.0 | 31.0 | 32.0 | 31.0 | 1.0 |" in lines
+    assert "| 100% labels | 40.0 | 42.0 | 44.0 | 42.0 | 2.0 |" in lines
+    assert "| Semi-DETR | 45% |" in lines  # (31 - 22) / (42 - 22)
+    assert any(line.startswith("Semi-DETR - sup-only = +9.0 AP; twice the larger std = 4.0 AP: above.") for line in lines)
+    assert "SSOD baseline - sup-only = +1.0 AP." in lines
+    assert "| SSOD baseline | 0.900 | 0.500 | - | - |" in lines
+    assert any(line.startswith("- burn_in seed 1: 100: 10.0, 200: 15.0, 300: 15.5; gain over the last quarter +0.5 AP "
+                               "(plateau)") for line in lines)
+
+
+def test_an_unfinished_run_is_reported_as_missing(script, tmp_path):
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=["sup_only"], seeds=[1],
+                           settings=["shapes_lite"], out=str(tmp_path))
+    dirs = script.run_dirs("shapes_lite", 1, args)
+    _write_run(dirs["sup_only"], [(99, 20.0)])
+    os.remove(os.path.join(dirs["sup_only"], "model_final.pth"))  # interrupted: no final model
+    assert script.summarize_run(dirs["sup_only"]) is None
+    assert "| sup-only | - | - | - |" in script.table(script.collect(args), args).splitlines()

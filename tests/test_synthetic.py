@@ -190,3 +190,26 @@ def test_incomplete_cache_folder_is_replaced(tmp_path):
     os.remove(json_file)
     assert prepare_shapes_split("unit", num_images=3, seed=1, root=str(tmp_path)) == (json_file, image_root)
     assert os.path.isfile(json_file) and len(os.listdir(os.path.join(image_root, "images"))) == 3
+
+
+def test_builtin_lite_sets_use_the_lite_generator(tmp_path, monkeypatch):
+    """shapes_lite_train / shapes_lite_val are registered with LITE_CONFIG, their own sizes and seeds, and a
+    cache folder of their own; the lite images have the lite sizes (3 rendered per split here)."""
+    from semidetr.data.synthetic import LITE_CONFIG, LITE_SPLITS
+
+    calls = []
+
+    def fake_generator(out_dir, num_images, seed, config):
+        calls.append((num_images, seed, config))
+        return generate_real(out_dir, 3, seed, config)  # 3 images instead of thousands
+
+    generate_real = synthetic.generate_shapes_split
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    monkeypatch.setattr(synthetic, "generate_shapes_split", fake_generator)
+    assert MetadataCatalog.get("shapes_lite_train").thing_classes == list(LITE_CONFIG.classes)
+    for name in ("shapes_lite_train", "shapes_lite_val"):
+        for record in DatasetCatalog.get(name):
+            assert 112 <= min(record["height"], record["width"]) and max(record["height"], record["width"]) <= 144
+    assert calls == [(*LITE_SPLITS["lite_train"], LITE_CONFIG), (*LITE_SPLITS["lite_val"], LITE_CONFIG)]
+    assert len([name for name in os.listdir(tmp_path / "shapes") if name.startswith("lite_")
+                and not name.endswith(".lock")]) == 2

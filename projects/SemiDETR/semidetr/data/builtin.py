@@ -6,6 +6,7 @@ name                                   data (paths under $DETECTRON2_DATASETS, d
 =====================================  ===========================================================
 shapes_train, shapes_val               synthetic shapes, 2000 / 300 images, generated on first use
                                        into shapes/ (see synthetic.py)
+shapes_lite_train, shapes_lite_val     the lighter variant (synthetic.LITE_CONFIG), 2000 / 300 images
 bccd_train, bccd_val, bccd_trainval,   BCCD in VOC layout, at BCCD/ or the repository's
 bccd_test                              ../shared/datasets/BCCD/BCCD (see bccd.py)
 coco_2017_train.{fold}@{pct}[-unl..]   COCO-Partial split files (SoftTeacher naming) at
@@ -32,7 +33,7 @@ from .bccd import register_bccd
 from .registry import datasets_root, resolve_dataset_path
 from .coco import register_coco_json, register_coco_paths
 from .splits import add_name_resolver
-from .synthetic import DEFAULT_SPLITS, register_shapes
+from .synthetic import DEFAULT_SPLITS, LITE_CONFIG, LITE_SPLITS, register_shapes
 from .voc import register_voc
 
 __all__ = ["register_all_builtin", "COCO_PARTIAL_DIR"]
@@ -45,9 +46,11 @@ _COCO_PARTIAL_NAME = re.compile(r"^coco_2017_train\.(?P<fold>\d+)@(?P<percent>[0
 
 
 def register_shapes_sets() -> None:
-    """shapes_train and shapes_val, with the default sizes and seeds."""
+    """shapes_train / shapes_val (the default generator) and shapes_lite_train / shapes_lite_val."""
     for split in DEFAULT_SPLITS:
         register_shapes(f"shapes_{split}", split)
+    for split, (num_images, seed) in LITE_SPLITS.items():
+        register_shapes(f"shapes_{split}", split, num_images, seed, LITE_CONFIG)
 
 
 def _register_coco_partial_file(name: str, json_file: str, unlabeled: bool) -> None:
