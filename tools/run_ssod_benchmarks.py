@@ -245,12 +245,19 @@ def summarize_run(run_dir):
             "pseudo": pseudo}
 
 
-def plateau_gain(curve):
+def trained_iterations(iteration, period):
+    """Iterations trained at an evaluation logged at `iteration`: periodic evaluations are logged at the
+    iteration index k * period - 1, the final one at MAX_ITER."""
+    return period * -(-iteration // period)
+
+
+def plateau_gain(curve, period):
     """AP gained over the last quarter of a curve's iterations (None if the curve is too short)."""
-    if len(curve) < 2:
+    points = [(trained_iterations(iteration, period), ap) for iteration, ap in curve]
+    if len(points) < 2:
         return None
-    last_iteration, last_ap = curve[-1]
-    earlier = [ap for iteration, ap in curve if iteration <= 0.75 * (last_iteration + 1)]
+    last_iteration, last_ap = points[-1]
+    earlier = [ap for iteration, ap in points if iteration <= 0.75 * last_iteration]
     return None if not earlier else last_ap - earlier[-1]
 
 
@@ -330,10 +337,10 @@ def table(results, args):
                 summary = per_seed[s].get(run)
                 if summary is None:
                     continue
-                gain = plateau_gain(summary["curve"])
+                gain = plateau_gain(summary["curve"], args.curve_period)
                 verdict = "" if gain is None else (f"; gain over the last quarter {gain:+.1f} AP"
                                                    + (" (plateau)" if run == "burn_in" and gain < PLATEAU_GAIN else ""))
-                points = ", ".join(f"{i + 1}: {a:.1f}" for i, a in summary["curve"])
+                points = ", ".join(f"{trained_iterations(i, args.curve_period)}: {a:.1f}" for i, a in summary["curve"])
                 lines.append(f"- {run} seed {s}: {points}{verdict}")
         lines.append("")
     return "\n".join(lines)
