@@ -83,7 +83,7 @@ def _planned_runs(script, tmp_path, monkeypatch, **overrides):
     """The (config, run directory, overrides) of every run of one setting x seed, nothing trained."""
     planned = []
 
-    def fake_run_training(config, out_dir, opts, threads):
+    def fake_run_training(config, out_dir, opts, threads, extend=False):
         planned.append((config, out_dir, opts))
         return {"AP": 1.0, "AP50": 2.0, "iteration": 0}
 
@@ -166,3 +166,26 @@ def test_an_unfinished_run_is_reported_as_missing(script, tmp_path):
     os.remove(os.path.join(dirs["sup_only"], "model_final.pth"))  # interrupted: no final model
     assert script.summarize_run(dirs["sup_only"]) is None
     assert "| sup-only | - | - | - |" in script.table(script.collect(args), args).splitlines()
+
+
+def test_a_longer_burn_in_continues_the_finished_shorter_one(script, tmp_path):
+    """burn_in3000 starts from burn_in2000's final checkpoint (linked, not copied), with its metrics copied
+    (appending to them must not change the shorter run's), and --resume then continues at iteration 2000."""
+    seed_dir = tmp_path / "shapes_lite" / "seed1"
+    _write_run(str(seed_dir / "burn_in2000"), [(999, 5.0), (2000, 8.0)])
+    (seed_dir / "burn_in2000" / "model_final.pth").write_bytes(b"weights at 2000")
+    _write_run(str(seed_dir / "burn_in1000"), [(1000, 5.0)])
+    os.makedirs(seed_dir / "burn_in2500")  # unfinished: not a source
+    longer = seed_dir / "burn_in3000"
+    os.makedirs(longer)
+    assert script.extend_finished_shorter_run(str(longer)) == str(seed_dir / "burn_in2000")
+    assert (longer / "last_checkpoint").read_text() == "model_0001999.pth"
+    assert os.path.samefile(longer / "model_0001999.pth", seed_dir / "burn_in2000" / "model_final.pth")
+    with open(longer / "metrics.json", "a") as f:
+        f.write(json.dumps({"iteration": 2999, "bbox/AP": 9.0, "bbox/AP50": 18.0}) + "\n")
+    assert script.summarize_run(str(seed_dir / "burn_in2000"))["curve"] == [(999, 5.0), (2000, 8.0)]
+    assert not (longer / "model_final.pth").exists()  # not finished: it trains (resumes)
+    assert script.extend_finished_shorter_run(str(longer)) is None  # started runs resume themselves
+    fresh = seed_dir / "burn_in500"
+    os.makedirs(fresh)
+    assert script.extend_finished_shorter_run(str(fresh)) is None  # nothing shorter: from scratch

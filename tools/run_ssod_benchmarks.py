@@ -19,7 +19,8 @@ For each setting and each seed (seed k also picks fold k of the labeled split):
 an earlier seed's rows wait for theirs). A finished run (model_final.pth + metrics.json) is not run again;
 an interrupted one resumes from its last checkpoint; a run directory is locked while it trains, so a second
 instance of the script waits for it instead of training it twice. Run directories name their budget
-(burn_in<N>, rows_from<N>_iters<M>/<row>, ceiling<N+M>), so a new budget never reuses a run of another.
+(burn_in<N>, rows_from<N>_iters<M>/<row>, ceiling<N+M>), so a new budget never reuses a run of another;
+a longer burn-in or ceiling (constant LR) continues from the longest finished shorter one.
 Every row evaluates its final model (the teacher for semi-supervised rows) with COCO-style AP.
 Results: <out>/results.json and markdown on stdout (and <out>/results.md): per setting the table
 | Row | seed 1 | ... | mean | std | (AP), the share of the sup-only -> 100%-labels gap each row closes, the
@@ -35,6 +36,7 @@ import heapq
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -98,11 +100,14 @@ class JobQueue:
                 future.set_exception(error)
 
 
-def run_training(config, out_dir, overrides, threads):
-    """One tools/train_net.py run; returns the final evaluation (AP, AP50) of its model or teacher."""
+def run_training(config, out_dir, overrides, threads, extend=False):
+    """One tools/train_net.py run; returns the final evaluation (AP, AP50) of its model or teacher.
+    extend: a constant-LR run that may continue a finished shorter one (extend_finished_shorter_run)."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another instance training this run: wait for it, then reuse it
+        if extend:
+            extend_finished_shorter_run(out_dir)
         return _run_training_locked(config, out_dir, overrides, threads)
 
 
@@ -123,6 +128,34 @@ def _run_training_locked(config, out_dir, overrides, threads):
         raise RuntimeError(f"{' '.join(command)} failed, see {out_dir}/stdout.txt")
     print(f"  done {os.path.relpath(out_dir, REPO)} in {(time.time() - start) / 60:.1f} min", flush=True)
     return final_ap(metrics_file)
+
+
+def extend_finished_shorter_run(out_dir):
+    """Start a constant-LR supervised run (burn-in, ceiling) named ``<prefix><N>`` from the longest finished
+    sibling ``<prefix><M>``, M < N, instead of from scratch: its final checkpoint (linked, read only), metrics
+    and log (copied, the new run appends to them) become this run's; --resume then continues at iteration M
+    with the data stream and RNG where they were. Returns the sibling used, or None."""
+    if os.path.exists(os.path.join(out_dir, "last_checkpoint")):
+        return None  # already started: it resumes itself
+    parent, name = os.path.split(out_dir)
+    prefix = name.rstrip("0123456789")
+    budget = int(name[len(prefix):])
+    shorter = sorted((int(other[len(prefix):]), other) for other in os.listdir(parent)
+                     if other.startswith(prefix) and other[len(prefix):].isdigit()
+                     and int(other[len(prefix):]) < budget
+                     and os.path.exists(os.path.join(parent, other, "model_final.pth")))
+    if not shorter:
+        return None
+    iterations, source = shorter[-1][0], os.path.join(parent, shorter[-1][1])
+    checkpoint = f"model_{iterations - 1:07d}.pth"
+    os.makedirs(out_dir, exist_ok=True)
+    os.link(os.path.join(source, "model_final.pth"), os.path.join(out_dir, checkpoint))
+    for file_name in ("metrics.json", "log.txt"):
+        if os.path.exists(os.path.join(source, file_name)):
+            shutil.copyfile(os.path.join(source, file_name), os.path.join(out_dir, file_name))
+    with open(os.path.join(out_dir, "last_checkpoint"), "w") as f:
+        f.write(checkpoint)
+    return source
 
 
 def final_ap(metrics_file):
@@ -194,7 +227,7 @@ def run_setting(setting, seed, args, queue, priority):
         # The rows are queued by the worker that ran the burn-in, before it takes its next job: they take
         # precedence over later seeds' jobs.
         run_training(sup_config, dirs["burn_in"],
-                     [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)], threads)
+                     [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)], threads, True)
         rows = {}
         for step, row in enumerate(args.rows, start=2):
             config = sup_config if row == "sup_only" else (ssod_config if row.startswith("ssod") else semidetr_config)
@@ -208,7 +241,7 @@ def run_setting(setting, seed, args, queue, priority):
     if not args.no_ceiling:  # depends on the full labeled set and the seed only: settings on one set share it
         jobs["ceiling"] = queue.submit((*priority, 1), run_training, sup_config, dirs["ceiling"],
                                        [*common, *curve, "DATASETS.TRAIN", f"('{full}',)",
-                                        *budget(args.burn_in + args.iters)], threads)
+                                        *budget(args.burn_in + args.iters)], threads, True)
     jobs.update(row_jobs.result())  # raises if the burn-in failed
     return {row: job.result() for row, job in jobs.items()}
 
