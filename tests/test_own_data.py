@@ -126,7 +126,7 @@ def localise(command, paths):
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory):
     """Data, the README's commands for it, and the training run (step 1) done once for the module."""
-    from semidetr.data.catalog import unregister_dataset
+    from semidetr.data.datasets.catalog import unregister_dataset
     from detectron2.data import DatasetCatalog
 
     root = tmp_path_factory.mktemp("own_data")

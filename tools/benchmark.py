@@ -647,7 +647,7 @@ class TrainerRunner:
 
         from semidetr import add_semidetr_config
         from semidetr.engine.config_checks import check_config
-        from semidetr.data.catalog import register_datasets_from_config
+        from semidetr.data.datasets.catalog import register_datasets_from_config
         from semidetr.engine.trainer import Trainer
 
         logging.basicConfig(level=logging.WARNING)

@@ -97,7 +97,7 @@ def parse_args(argv=None):
 
 def prepare_data(work_dir: str, dry_run: bool) -> List[str]:
     """DATASETS.REGISTER specs of a small generated labeled set (its splits give the unlabeled images)."""
-    from semidetr.data.synthetic import ShapesConfig, prepare_shapes_split
+    from semidetr.data.datasets.synthetic import ShapesConfig, prepare_shapes_split
 
     size = (64, 96) if dry_run else (288, 480)  # resized to the training size anyway
     config = ShapesConfig(classes=("circle", "square", "triangle"), image_size=size, objects_per_image=(2, 8),

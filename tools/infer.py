@@ -33,8 +33,8 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from tqdm import tqdm
 
-from semidetr.data.folder import list_image_files
-from semidetr.data.validation import DataIssues, check_image_files, is_image_file
+from semidetr.data.datasets.folder import list_image_files
+from semidetr.data.datasets.validation import DataIssues, check_image_files, is_image_file
 from semidetr.data.mappers import build_test_mapper
 from semidetr.engine.checkpoint import config_class_names, read_model_info
 from semidetr.engine.defaults import setup_cfg, setup_cfg_from_checkpoint

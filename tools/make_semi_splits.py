@@ -25,7 +25,7 @@ import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from semidetr.data.splits import UNLABELED_SUFFIX, format_percent, select_labeled_indices
+from semidetr.data.datasets.splits import UNLABELED_SUFFIX, format_percent, select_labeled_indices
 
 
 def split_coco_content(content: dict, percent: float, fold: int) -> Tuple[dict, dict]:

@@ -21,7 +21,7 @@ from detectron2.config import get_cfg
 from torchvision.ops import box_iou
 
 from semidetr import add_semidetr_config
-from semidetr.data.synthetic import SHAPE_CLASSES, ShapesConfig, _place_outlines, _unit_outlines
+from semidetr.data.datasets.synthetic import SHAPE_CLASSES, ShapesConfig, _place_outlines, _unit_outlines
 from semidetr.data.transforms import build_view_augmentation, transform_boxes
 
 
