@@ -13,7 +13,7 @@ need the run's config. A semi-supervised checkpoint is scored with its teacher (
 (decided from the stage saved in the checkpoint).
 
 Inputs are image files, folders (searched recursively, hidden files ignored) and glob patterns. Bad
-inputs are handled as in training (semidetr/data/validation.py): files without an image extension,
+inputs are handled as in training (semidetr/data/datasets/validation.py): files without an image extension,
 missing files and images that cannot be decoded are skipped, with one warning per kind naming them and
 their counts in the summary. Every readable image gets <output>/<path relative to its folder>.png and
 its entry in <output>/detections.json. Exit status 0 when something was written, 1 when no image could
@@ -44,7 +44,7 @@ logger = logging.getLogger("semidetr.infer")
 
 
 def list_images(inputs, issues: DataIssues):
-    """Files, folders (recursive, as data/folder.py lists them) and glob patterns -> (image path, name of
+    """Files, folders (recursive, as data/datasets/folder.py lists them) and glob patterns -> (image path, name of
     its PNG without extension) pairs, sorted by path. Non-image files and missing paths are counted in
     `issues`; so are images whose header cannot be read (validation.check_image_files)."""
     named = {}
