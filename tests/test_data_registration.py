@@ -12,6 +12,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
 from semidetr.config import add_semidetr_config
+from semidetr.data.datasets.bccd import BCCD_ERRATA, find_bccd_root, register_bccd
 from semidetr.data.datasets.catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
 from semidetr.data.datasets.coco import register_coco_json
 from semidetr.data.datasets.folder import register_image_folder
@@ -22,11 +23,9 @@ from semidetr.data.datasets.splits import (
     register_datasets_from_config,
     register_from_spec,
 )
+from semidetr.data.datasets.synthetic import SHAPE_CLASSES
 from semidetr.data.datasets.validation import DatasetError
 from semidetr.data.datasets.voc import register_voc
-from semidetr.data.datasets.bccd import BCCD_ERRATA, find_bccd_root, register_bccd
-from semidetr.data.datasets.synthetic import SHAPE_CLASSES
-
 
 # --------------------------------------------------------------------------------------------------
 # helpers

@@ -15,8 +15,6 @@ from semidetr.data.datasets.validation import DataIssues, DatasetError, sanitize
 from semidetr.data.datasets.voc import register_voc
 
 
-
-
 def write_voc(root, images, splits, image_sizes=None, skip_images=(), raw_xml=None):
     """VOC folder; images = {id: (annotated width, annotated height, [(name, x0, y0, x1, y1)])}.
 

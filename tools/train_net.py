@@ -11,8 +11,8 @@ import logging
 
 from detectron2.engine import default_argument_parser, launch
 
-from semidetr.engine.defaults import setup_cfg, shutdown_distributed
 from semidetr.engine.checkpoint import last_checkpoint
+from semidetr.engine.defaults import setup_cfg, shutdown_distributed
 from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
 
 

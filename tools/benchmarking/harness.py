@@ -151,6 +151,7 @@ def _worker_main(conn, runner_class: Type, runner_args: Dict, threads: int, devi
 
         torch.set_num_threads(threads)
         import detectron2  # noqa: F401  (imports counted in the baseline, as a user's process has them)
+
         import semidetr  # noqa: F401
 
         for module in getattr(runner_class, "BASELINE_IMPORTS", ()):  # the runner's library, as for ours

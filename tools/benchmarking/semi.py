@@ -90,8 +90,8 @@ class TrainerRunner:
         from detectron2.utils.events import EventStorage
 
         from semidetr import add_semidetr_config
-        from semidetr.engine.config_checks import check_config
         from semidetr.data.datasets.catalog import register_datasets_from_config
+        from semidetr.engine.config_checks import check_config
         from semidetr.engine.trainer import Trainer
 
         logging.basicConfig(level=logging.WARNING)

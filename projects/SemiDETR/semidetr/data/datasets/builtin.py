@@ -30,8 +30,8 @@ import re
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
 from .bccd import register_bccd
-from .registry import datasets_root, resolve_dataset_path
 from .coco import register_coco_json, register_coco_paths
+from .registry import datasets_root, resolve_dataset_path
 from .splits import add_name_resolver
 from .synthetic import DEFAULT_SPLITS, LITE_CONFIG, LITE_SPLITS, register_shapes
 from .voc import register_voc
