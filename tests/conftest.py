@@ -26,7 +26,7 @@ def unique_name():
 
     from detectron2.data import DatasetCatalog
 
-    from semidetr.data.catalog import unregister_dataset
+    from semidetr.data.datasets.catalog import unregister_dataset
 
     created = []
 
@@ -55,7 +55,7 @@ def micro_shapes(tmp_path_factory):
     """A micro synthetic data set (COCO json + images) for end-to-end runs: 24 train, 8 val images.
 
     Returns DATASETS.REGISTER specs, so subprocesses (launch workers) register the same sets."""
-    from semidetr.data.synthetic import ShapesConfig, prepare_shapes_split
+    from semidetr.data.datasets.synthetic import ShapesConfig, prepare_shapes_split
 
     root = str(tmp_path_factory.mktemp("micro_shapes"))
     config = ShapesConfig(classes=MICRO_CLASSES, image_size=(96, 128), objects_per_image=(1, 4),

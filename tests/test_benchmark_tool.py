@@ -5,7 +5,6 @@ processes and write their markdown table and JSON; the comparison with Hugging F
 only where it is installed (`SEMIDETR_EXTRAS=benchmark bash tools/setup_env.sh`). The profile
 accounting (exclusive times of nested scopes) is checked on a hand-made event tree.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,13 +16,8 @@ import pytest
 from conftest import REPO_ROOT, micro_config_args
 
 TOOL = os.path.join(REPO_ROOT, "tools", "benchmark.py")
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("semidetr_benchmark_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from benchmarking.semi import scope_breakdown  # noqa: E402
 
 
 def _run_tool(tmp_path, *args):
@@ -88,8 +82,6 @@ def test_detector_comparison_with_transformers(tmp_path):
 
 
 def test_scope_breakdown_counts_nested_scopes_once():
-    tool = _load_tool()
-
     def event(name, start, end, parent=None):
         return SimpleNamespace(name=name, time_range=SimpleNamespace(elapsed_us=lambda: end - start),
                                cpu_parent=parent)
@@ -100,7 +92,7 @@ def test_scope_breakdown_counts_nested_scopes_once():
     loss = event("semi/cqc_loss", 600_000, 700_000)
     mining = event("semi/cpm_mining", 610_000, 640_000, loss)
     events = [forward, op, hungarian, loss, mining]
-    result = tool.scope_breakdown(events, wall_seconds=1.0, iterations=1)
+    result = scope_breakdown(events, wall_seconds=1.0, iterations=1)
     scopes = result["scopes"]
     assert scopes["semi/student_forward"]["inclusive_ms"] == 600.0
     assert scopes["semi/student_forward"]["exclusive_ms"] == 550.0

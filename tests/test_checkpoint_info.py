@@ -6,8 +6,7 @@ import yaml
 from detectron2.modeling import build_model
 
 from helpers import tiny_detector_cfg
-from semidetr.engine.checkpoint import (MODEL_INFO_KEY, CheckpointMismatchError, SemiDetrCheckpointer,
-                                        read_model_info)
+from semidetr.engine.checkpoint import MODEL_INFO_KEY, CheckpointMismatchError, SemiDetrCheckpointer, read_model_info
 
 
 def _shm_cfg(num_classes=3):

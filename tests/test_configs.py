@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT
 from semidetr import add_semidetr_config
-from semidetr.data.catalog import register_datasets_from_config
+from semidetr.data.datasets.catalog import register_datasets_from_config
 from semidetr.engine.config_checks import check_config
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO_ROOT, "configs/**/*.yaml"), recursive=True)

@@ -12,21 +12,20 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
 from semidetr.config import add_semidetr_config
-from semidetr.data.catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
-from semidetr.data.coco import register_coco_json
-from semidetr.data.folder import register_image_folder
-from semidetr.data.registry import is_unlabeled, unregister_dataset
-from semidetr.data.splits import (
+from semidetr.data.datasets.bccd import BCCD_ERRATA, find_bccd_root, register_bccd
+from semidetr.data.datasets.catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
+from semidetr.data.datasets.coco import register_coco_json
+from semidetr.data.datasets.folder import register_image_folder
+from semidetr.data.datasets.registry import is_unlabeled, unregister_dataset
+from semidetr.data.datasets.splits import (
     UnknownDatasetError,
     ensure_registered,
     register_datasets_from_config,
     register_from_spec,
 )
-from semidetr.data.validation import DatasetError
-from semidetr.data.voc import register_voc
-from semidetr.data.bccd import BCCD_ERRATA, find_bccd_root, register_bccd
-from semidetr.data.synthetic import SHAPE_CLASSES
-
+from semidetr.data.datasets.synthetic import SHAPE_CLASSES
+from semidetr.data.datasets.validation import DatasetError
+from semidetr.data.datasets.voc import register_voc
 
 # --------------------------------------------------------------------------------------------------
 # helpers

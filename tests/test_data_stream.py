@@ -15,7 +15,7 @@ from PIL import Image
 
 from semidetr.config import add_semidetr_config
 from semidetr.data import build as data_build
-from semidetr.data.catalog import register_dataset, unregister_dataset
+from semidetr.data.datasets.catalog import register_dataset, unregister_dataset
 from semidetr.data.mappers import LabeledDatasetMapper
 from semidetr.data.stream import DeterministicTrainLoader, GroupedBatchSchedule, mix_seeds, orientation_buckets
 

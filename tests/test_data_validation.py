@@ -9,12 +9,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from semidetr.data.coco import register_coco_json
-from semidetr.data.folder import register_image_folder
-from semidetr.data.validation import DataIssues, DatasetError, sanitize_annotations
-from semidetr.data.voc import register_voc
-
-
+from semidetr.data.datasets.coco import register_coco_json
+from semidetr.data.datasets.folder import register_image_folder
+from semidetr.data.datasets.validation import DataIssues, DatasetError, sanitize_annotations
+from semidetr.data.datasets.voc import register_voc
 
 
 def write_voc(root, images, splits, image_sizes=None, skip_images=(), raw_xml=None):

@@ -11,9 +11,9 @@ import torch
 from conftest import REPO_ROOT, micro_config_args
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
-import train_net  # noqa: E402
-
 from detectron2.engine import default_argument_parser  # noqa: E402
+
+import train_net  # noqa: E402
 
 SUP_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/dino_shapes_cpu.yaml")
 SSOD_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/ssod_baseline_shapes10_cpu.yaml")
@@ -48,8 +48,8 @@ def test_supervised_train_then_eval_only(micro_shapes, tmp_path):
     assert set(results["model"]["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     # Checkpoint round trip: what was saved is what a model loads.
     saved = _state(out / "model_final.pth")["model"]
-    from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
     from semidetr.engine.defaults import setup_cfg
+    from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
     cfg = setup_cfg(default_argument_parser().parse_args(
         ["--config-file", SUP_CONFIG, *micro_config_args(micro_shapes, tmp_path / "x")]), for_training=False)
     model = Trainer.build_model(cfg)

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from semidetr.modeling.matcher import HungarianMatcher, pairwise_matching_cost, pad_targets
+from semidetr.modeling.matcher import HungarianMatcher, pad_targets, pairwise_matching_cost
 
 
 def _targets(counts, num_classes=4):

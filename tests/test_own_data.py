@@ -24,11 +24,11 @@ from PIL import Image
 from conftest import MICRO_MODEL_ARGS, REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from detectron2.engine import default_argument_parser  # noqa: E402
+
 import infer  # noqa: E402
 import plot_run  # noqa: E402
 import train_net  # noqa: E402
-
-from detectron2.engine import default_argument_parser  # noqa: E402
 
 CPU_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/semidetr_shapes10_cpu.yaml")
 CLASSES = ["circle", "triangle"]  # VOC class names are inferred from the XML files, sorted
@@ -126,8 +126,9 @@ def localise(command, paths):
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory):
     """Data, the README's commands for it, and the training run (step 1) done once for the module."""
-    from semidetr.data.catalog import unregister_dataset
     from detectron2.data import DatasetCatalog
+
+    from semidetr.data.datasets.catalog import unregister_dataset
 
     root = tmp_path_factory.mktemp("own_data")
     voc, unlabeled, out = str(root / "cells"), str(root / "cells_unlabeled"), str(root / "output" / "cells")

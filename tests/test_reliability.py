@@ -63,7 +63,7 @@ def test_one_to_many_until_the_end_warns_about_nms(caplog):
 
 
 def test_unregistered_data_set_lists_close_names():
-    from semidetr.data.catalog import ensure_registered
+    from semidetr.data.datasets.catalog import ensure_registered
 
     with pytest.raises(Exception, match=r"Close registered names: \[.*'shapes_train'.*DATASETS\.REGISTER"):
         ensure_registered("shapes_trian")

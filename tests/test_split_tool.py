@@ -10,10 +10,10 @@ import pytest
 from detectron2.data import DatasetCatalog
 from PIL import Image
 
-from semidetr.data.catalog import unregister_dataset
-from semidetr.data.coco import register_coco_json
-from semidetr.data.splits import ensure_registered, parse_split_name, select_labeled_indices, semi_split_names
-from semidetr.data.validation import DatasetError
+from semidetr.data.datasets.catalog import unregister_dataset
+from semidetr.data.datasets.coco import register_coco_json
+from semidetr.data.datasets.splits import ensure_registered, parse_split_name, select_labeled_indices, semi_split_names
+from semidetr.data.datasets.validation import DatasetError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO_ROOT, "tools", "make_semi_splits.py")

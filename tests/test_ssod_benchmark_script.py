@@ -5,9 +5,9 @@ import json
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
-from types import SimpleNamespace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from semidetr.data import synthetic
-from semidetr.data.catalog import unregister_dataset
-from semidetr.data.synthetic import (
+from semidetr.data.datasets import synthetic
+from semidetr.data.datasets.catalog import unregister_dataset
+from semidetr.data.datasets.synthetic import (
     SHAPE_CLASSES,
     ShapesConfig,
     generate_shapes_split,
@@ -195,7 +195,7 @@ def test_incomplete_cache_folder_is_replaced(tmp_path):
 def test_builtin_lite_sets_use_the_lite_generator(tmp_path, monkeypatch):
     """shapes_lite_train / shapes_lite_val are registered with LITE_CONFIG, their own sizes and seeds, and a
     cache folder of their own; the lite images have the lite sizes (3 rendered per split here)."""
-    from semidetr.data.synthetic import LITE_CONFIG, LITE_SPLITS
+    from semidetr.data.datasets.synthetic import LITE_CONFIG, LITE_SPLITS
 
     calls = []
 

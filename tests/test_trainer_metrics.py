@@ -10,7 +10,7 @@ from torch import nn
 
 from semidetr.config import add_semidetr_config
 from semidetr.data.build import build_labeled_train_loader
-from semidetr.data.catalog import register_dataset, unregister_dataset
+from semidetr.data.datasets.catalog import register_dataset, unregister_dataset
 from semidetr.engine.train_loop import DetrTrainer
 
 

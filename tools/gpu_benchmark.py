@@ -8,7 +8,7 @@ Sections
          decoder sizes of the paper-scale step (5 images of 800 x 1333, strides 8-64, 8 heads x 32
          channels, 4 levels x 4 points, 900 + 100 decoder queries), float32 and bfloat16 values; time
          and the peak memory forward + backward allocates.
-  steps  the project's Trainer (tools/benchmark.py's TrainerRunner: hooks + run_step, as Trainer.train)
+  steps  the project's Trainer (tools/benchmarking/semi.py's TrainerRunner: hooks + run_step, as Trainer.train)
          at paper scale - DINO-4scale R-50 (FrozenBN), 256 wide, 6 + 6 layers, 900 queries, 100
          denoising queries, images resized to shortest side 800 (longest <= 1333: about 800 x 1070 on
          average for the generated images' aspect ratios, like COCO's), 5 images per GPU as in the paper:
@@ -44,8 +44,9 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 sys.path.insert(0, TOOLS)
 
-import benchmark  # noqa: E402  (tools/benchmark.py: workers, TrainerRunner, environment)
 import bench_ms_deform_attn  # noqa: E402
+from benchmarking import harness  # noqa: E402  (tools/benchmarking/: workers, environment)
+from benchmarking.semi import TrainerRunner  # noqa: E402
 
 GOALS = {"op_speedup_min": 3.0, "op_memory_ratio_max": 0.5, "bf16_step_speedup_min": 1.5,
          "official_semidetr_s_per_iter_a100": 0.63}
@@ -97,7 +98,7 @@ def parse_args(argv=None):
 
 def prepare_data(work_dir: str, dry_run: bool) -> List[str]:
     """DATASETS.REGISTER specs of a small generated labeled set (its splits give the unlabeled images)."""
-    from semidetr.data.synthetic import ShapesConfig, prepare_shapes_split
+    from semidetr.data.datasets.synthetic import ShapesConfig, prepare_shapes_split
 
     size = (64, 96) if dry_run else (288, 480)  # resized to the training size anyway
     config = ShapesConfig(classes=("circle", "square", "triangle"), image_size=size, objects_per_image=(2, 8),
@@ -141,17 +142,17 @@ def run_steps_section(args, results: Dict, specs: List[str], log_dir: str, work_
             for run in args.runs:
                 label = f"{run}-{dtype}-{impl}"
                 config = SUP_CONFIG if run == "supervised" else SEMI_CONFIG
-                worker_specs.append((label, "trainer", {"config_file": config,
-                                                         "opts": _step_opts(run, dtype, impl, specs, args),
-                                                         "output_dir": os.path.join(work_dir, label)}))
+                worker_specs.append((label, TrainerRunner, {"config_file": config,
+                                                             "opts": _step_opts(run, dtype, impl, specs, args),
+                                                             "output_dir": os.path.join(work_dir, label)}))
                 labels.append((label, run))
             print(f"[gpu_benchmark] steps: {', '.join(l for l, _ in labels)}", flush=True)
-            workers = benchmark.start_workers(worker_specs, worker_args, log_dir)
+            workers = harness.start_workers(worker_specs, worker_args, log_dir)
             try:
-                times = benchmark.alternate_steps(workers, args.warmup, args.iters, f"{dtype} {impl}")
+                times = harness.alternate_steps(workers, args.warmup, args.iters, f"{dtype} {impl}")
                 for (label, run), worker in zip(labels, workers):
                     entry = OrderedDict(run=run, dtype=dtype, impl=impl, info=worker.info)
-                    entry.update(benchmark.timing_summary(times[label], worker.info["student_images"]))
+                    entry.update(harness.timing_summary(times[label], worker.info["student_images"]))
                     entry["memory"] = worker.call("memory")
                     entry["metrics"] = worker.call("metrics")
                     entries[label] = entry
@@ -251,7 +252,7 @@ def main(argv=None) -> Dict:
     os.makedirs(log_dir, exist_ok=True)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="semidetr_gpu_benchmark_")
     results = OrderedDict(dry_run=args.dry_run)
-    results["environment"] = benchmark.environment(args)
+    results["environment"] = harness.environment(args)
     start = time.perf_counter()
     if "op" in args.sections:
         run_op_section(args, results)

@@ -13,7 +13,7 @@ need the run's config. A semi-supervised checkpoint is scored with its teacher (
 (decided from the stage saved in the checkpoint).
 
 Inputs are image files, folders (searched recursively, hidden files ignored) and glob patterns. Bad
-inputs are handled as in training (semidetr/data/validation.py): files without an image extension,
+inputs are handled as in training (semidetr/data/datasets/validation.py): files without an image extension,
 missing files and images that cannot be decoded are skipped, with one warning per kind naming them and
 their counts in the summary. Every readable image gets <output>/<path relative to its folder>.png and
 its entry in <output>/detections.json. Exit status 0 when something was written, 1 when no image could
@@ -33,8 +33,8 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from tqdm import tqdm
 
-from semidetr.data.folder import list_image_files
-from semidetr.data.validation import DataIssues, check_image_files, is_image_file
+from semidetr.data.datasets.folder import list_image_files
+from semidetr.data.datasets.validation import DataIssues, check_image_files, is_image_file
 from semidetr.data.mappers import build_test_mapper
 from semidetr.engine.checkpoint import config_class_names, read_model_info
 from semidetr.engine.defaults import setup_cfg, setup_cfg_from_checkpoint
@@ -44,7 +44,7 @@ logger = logging.getLogger("semidetr.infer")
 
 
 def list_images(inputs, issues: DataIssues):
-    """Files, folders (recursive, as data/folder.py lists them) and glob patterns -> (image path, name of
+    """Files, folders (recursive, as data/datasets/folder.py lists them) and glob patterns -> (image path, name of
     its PNG without extension) pairs, sorted by path. Non-image files and missing paths are counted in
     `issues`; so are images whose header cannot be read (validation.check_image_files)."""
     named = {}

@@ -6,7 +6,7 @@ For every fold k and percentage p, writes ``{stem}.{k}@{p}.json`` (the labeled i
 ``{stem}.{k}@{p}-unlabeled.json`` (all other images) next to each other, where ``stem`` is the input
 file name without ".json". Both keep "info", "licenses", "categories" and the annotations of their
 images (those of the unlabeled file serve only as monitoring ground truth). The labeled images are
-chosen by ``semidetr.data.splits.select_labeled_indices`` over the json's "images" in file order:
+chosen by ``semidetr.data.datasets.splits.select_labeled_indices`` over the json's "images" in file order:
 ``int(p / 100 * N)`` images drawn with ``numpy.random.RandomState(k)``, the rule of SoftTeacher's
 ``prepare_coco_data.py --seed k``, and the same function as the in-memory splits ``X.k@p``.
 
@@ -25,7 +25,7 @@ import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from semidetr.data.splits import UNLABELED_SUFFIX, format_percent, select_labeled_indices
+from semidetr.data.datasets.splits import UNLABELED_SUFFIX, format_percent, select_labeled_indices
 
 
 def split_coco_content(content: dict, percent: float, fold: int) -> Tuple[dict, dict]:

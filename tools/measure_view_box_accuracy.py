@@ -4,7 +4,7 @@
 A box is moved into the strong view by the bounding box of its four transformed corners (data/transforms.py,
 as the official code). For a translation, resize or flip that is the object's tight box; for a rotation or a
 shear it is larger, by how much depending on the object's shape. This draws objects of the embedded data's
-classes with the generator's own outlines (data/synthetic.py: shape, jitter, random orientation), puts each
+classes with the generator's own outlines (data/datasets/synthetic.py: shape, jitter, random orientation), puts each
 through the strong view's geometric operation drawn exactly as training draws it (the config's
 INPUT.AUG.GEOMETRIC_OPS and ranges, or only the box-exact ones with INPUT.AUG.BOX_EXACT_GEOMETRY), and
 compares the mapped box with the tight box of the transformed outline (exact: a polygon's extreme points
@@ -21,7 +21,7 @@ from detectron2.config import get_cfg
 from torchvision.ops import box_iou
 
 from semidetr import add_semidetr_config
-from semidetr.data.synthetic import SHAPE_CLASSES, ShapesConfig, _place_outlines, _unit_outlines
+from semidetr.data.datasets.synthetic import SHAPE_CLASSES, ShapesConfig, _place_outlines, _unit_outlines
 from semidetr.data.transforms import build_view_augmentation, transform_boxes
 
 

@@ -22,6 +22,7 @@ PIP_PINS=(
   "pycocotools==2.0.11" "opencv-python-headless==5.0.0.93" "matplotlib==3.11.2" "tensorboard==2.21.0"
   "pytest==9.2.0" "yacs==0.1.8" "PyYAML==6.0.3" "tabulate==0.10.0" "termcolor==3.3.0"
   "cloudpickle==3.1.2" "omegaconf==2.3.1" "hydra-core==1.3.8" "Pillow==13.0.0" "tqdm==4.70.1"
+  "ruff==0.17.5"  # the linter of tools/test.sh (rules in ruff.toml)
 )
 
 # Opt-in extras, installed on top of the default set-up and outside its stamp (the stamp records the

@@ -11,9 +11,12 @@ import logging
 
 from detectron2.engine import default_argument_parser, launch
 
-from semidetr.engine.defaults import setup_cfg, shutdown_distributed
 from semidetr.engine.checkpoint import last_checkpoint
+from semidetr.engine.defaults import setup_cfg, shutdown_distributed
 from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
+
+# A script's __name__ is "__main__": the tools log under "semidetr.<tool>", whose handler setup_cfg installs.
+logger = logging.getLogger("semidetr.train_net")
 
 
 def main(args):
@@ -31,7 +34,7 @@ def train_or_evaluate(args):
         if not path:
             raise ValueError("--eval-only needs weights: set MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR)")
         which, stage = load_weights_for_evaluation(cfg, model, path, cfg.SEMI.EVAL_ONLY_MODEL)
-        logging.getLogger("semidetr").info(
+        logger.info(
             "--eval-only: scoring the %s weights of %s (saved in training stage %s: %s)", which, path, stage,
             f"class-aware NMS at IoU {model.test_nms_thresh}" if model.test_nms_thresh > 0 else "NMS-free")
         return Trainer.test(cfg, model, prefix=which)

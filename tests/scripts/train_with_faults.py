@@ -23,10 +23,9 @@ import torch
 from detectron2.utils import comm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
-import train_net  # noqa: E402
-
 from detectron2.engine import HookBase  # noqa: E402
 
+import train_net  # noqa: E402
 from semidetr.data import build as data_build  # noqa: E402
 from semidetr.engine import semi_trainer, train_loop  # noqa: E402
 from semidetr.semi import cost_mining, pseudo_labels  # noqa: E402

@@ -9,6 +9,6 @@ check_detectron2()
 
 from . import modeling  # noqa: E402  (registers DINO, DeformableDETR)
 from .config import add_semidetr_config  # noqa: E402
-from .data import builtin  # noqa: E402,F401  (registers the built-in data sets)
+from .data import datasets  # noqa: E402,F401  (registers the built-in data sets)
 
 __all__ = ["add_semidetr_config", "modeling"]

@@ -1,1 +1,2 @@
-"""Data: data set registration, views (weak/strong/labeled) and loaders."""
+"""Data: the data sets (``datasets/``: registration, loading, validation), the views (labeled / weak /
+strong, ``transforms.py``), the mappers and the resumable training loaders."""

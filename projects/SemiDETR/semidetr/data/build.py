@@ -16,10 +16,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.utils import comm
 
-from .catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
+from .datasets.catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
+from .datasets.validation import NoGroundTruthError
 from .mappers import LabeledDatasetMapper, UnlabeledDatasetMapper
 from .stream import DeterministicTrainLoader
-from .validation import NoGroundTruthError
 
 __all__ = ["semi_batch_sizes", "resolve_data_seed", "build_labeled_train_loader", "build_unlabeled_train_loader",
            "TwoStreamLoader", "build_semi_train_loader"]

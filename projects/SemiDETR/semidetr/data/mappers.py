@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from .transforms import View, ViewAugmentation, build_view_augmentation, transform_boxes
 

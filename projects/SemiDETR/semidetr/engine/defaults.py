@@ -10,9 +10,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_semidetr_config
+from ..data.datasets.catalog import register_datasets_from_config
 from .checkpoint import read_model_info
 from .config_checks import check_config
-from ..data.catalog import register_datasets_from_config
 
 __all__ = ["setup_cfg", "setup_cfg_from_checkpoint", "shutdown_distributed"]
 

@@ -44,8 +44,8 @@ import numpy as np
 from iopath.common.file_io import file_lock
 from PIL import Image, ImageDraw
 
-from .registry import datasets_root
 from .coco import register_coco_paths
+from .registry import datasets_root
 
 __all__ = [
     "SHAPE_CLASSES",

@@ -1,7 +1,7 @@
 # Copyright (c) SemiDETR-D2 contributors. Licensed under the Apache License 2.0.
 """The data-set catalog of SemiDETR-D2: what the engine and the loaders call.
 
-Importing this module registers the built-in data sets (semidetr/data/builtin.py). Then:
+Importing this module registers the built-in data sets (semidetr/data/datasets/builtin.py). Then:
 
 * :func:`register_from_spec` / :func:`register_datasets_from_config`: DATASETS.REGISTER entries;
 * :func:`ensure_registered`: resolves a name, registering splits ``X.{fold}@{pct}[-unlabeled]`` on

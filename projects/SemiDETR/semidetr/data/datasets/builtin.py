@@ -22,7 +22,7 @@ voc12_trainval, voc12_trainval-unl..   VOC2012 trainval, labeled / unlabeled
 Every labeled set uses ``evaluator_type="coco"``. detectron2's own built-in names (coco_2017_train,
 coco_2017_val, voc_2007_* with the pascal_voc evaluator, ...) are left as they are; the names above
 do not clash with them. Splits ``X.{fold}@{pct}[-unlabeled]`` of any registered labeled set X (e.g.
-``shapes_train.1@10``) are registered on demand by :func:`~semidetr.data.splits.ensure_registered`.
+``shapes_train.1@10``) are registered on demand by :func:`~semidetr.data.datasets.splits.ensure_registered`.
 """
 import os
 import re
@@ -30,8 +30,8 @@ import re
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
 from .bccd import register_bccd
-from .registry import datasets_root, resolve_dataset_path
 from .coco import register_coco_json, register_coco_paths
+from .registry import datasets_root, resolve_dataset_path
 from .splits import add_name_resolver
 from .synthetic import DEFAULT_SPLITS, LITE_CONFIG, LITE_SPLITS, register_shapes
 from .voc import register_voc

@@ -144,7 +144,7 @@ class DataIssues:
         for kind in kinds:
             examples = ", ".join(self.examples.get(kind, []))
             logger.warning(f"{where}: {kind} x{self.counts[kind]} (e.g. {examples}); see the policy "
-                           "in semidetr/data/validation.py and datasets/README.md")
+                           "in semidetr/data/datasets/validation.py and datasets/README.md")
         if self.dataset_name:
             store_data_issues(self.dataset_name, counts)
         return counts
@@ -214,7 +214,7 @@ def check_image_files(
             missing_size.
         verify_sizes: read every image header and compare it with the annotated size; when False only
             the existence of the files is checked (for very large json data sets whose sizes come from
-            the json, see ``semidetr.data.coco.MAX_IMAGES_TO_VERIFY``).
+            the json, see ``semidetr.data.datasets.coco.MAX_IMAGES_TO_VERIFY``).
 
     Returns:
         The kept dicts, in their order. An image whose annotated size differs from its header with the

@@ -39,8 +39,8 @@ BCCD_ERRATA = VocErrata(
 
 
 def _repository_root() -> str:
-    # projects/SemiDETR/semidetr/data/bccd.py -> the repository root, four levels up.
-    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+    # projects/SemiDETR/semidetr/data/datasets/bccd.py -> the repository root, five levels up.
+    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", ".."))
 
 
 def _candidate_roots() -> List[str]:

@@ -95,7 +95,7 @@ def load_coco_dicts(
     Args:
         dataset_name: when given, detectron2 stores thing_classes and the id map in its metadata, and
             the data issues are stored there too.
-        duplicate_iou_thresh: see :func:`~semidetr.data.validation.sanitize_annotations`.
+        duplicate_iou_thresh: see :func:`~semidetr.data.datasets.validation.sanitize_annotations`.
         verify_sizes: compare every image header with the json's size; None: only for sets of at most
             :data:`MAX_IMAGES_TO_VERIFY` images.
 
@@ -237,10 +237,10 @@ def register_coco_json(
         json_file, image_root: paths; the json's "file_name" entries are relative to `image_root`.
         unlabeled: register the images only (dicts without "annotations"). If the json has
             annotations they serve as monitoring ground truth
-            (:func:`~semidetr.data.catalog.load_unlabeled_with_monitor_gt`); an image-info json (no
+            (:func:`~semidetr.data.datasets.catalog.load_unlabeled_with_monitor_gt`); an image-info json (no
             annotations) has none and yields empty monitoring lists.
         metadata: extra metadata fields.
-        duplicate_iou_thresh: see :func:`~semidetr.data.validation.sanitize_annotations`.
+        duplicate_iou_thresh: see :func:`~semidetr.data.datasets.validation.sanitize_annotations`.
 
     Returns:
         True if registered by this call, False if it already was with the same arguments.

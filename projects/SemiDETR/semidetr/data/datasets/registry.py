@@ -1,6 +1,6 @@
 # Copyright (c) SemiDETR-D2 contributors. Licensed under the Apache License 2.0.
 """Idempotent, lazy registration in detectron2's DatasetCatalog / MetadataCatalog (the primitives
-under :mod:`semidetr.data.catalog`).
+under :mod:`semidetr.data.datasets.catalog`).
 
 Three things detectron2's catalogs do not provide and this project needs:
 
@@ -11,7 +11,7 @@ Three things detectron2's catalogs do not provide and this project needs:
   such fields on first access (``MetadataCatalog.get(name).thing_classes``) and caches them.
 * **Unlabeled sets and their monitoring ground truth.** Unlabeled sets never carry "annotations"; the
   ground truth of their images, when one exists, is registered here as a separate source, reachable
-  only through :func:`semidetr.data.catalog.load_unlabeled_with_monitor_gt`.
+  only through :func:`semidetr.data.datasets.catalog.load_unlabeled_with_monitor_gt`.
 """
 import os
 import types
@@ -96,7 +96,7 @@ def register_dataset(
         metadata: fields set now.
         lazy_metadata: fields computed on first access (see :class:`LazyMetadata`).
         monitor_gt_source: unlabeled sets only: returns labeled dicts of the same images, used only by
-            :func:`semidetr.data.catalog.load_unlabeled_with_monitor_gt`.
+            :func:`semidetr.data.datasets.catalog.load_unlabeled_with_monitor_gt`.
 
     Returns:
         True when the name was registered by this call, False when it already was (same signature).

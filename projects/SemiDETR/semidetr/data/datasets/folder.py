@@ -65,7 +65,7 @@ def load_image_folder(image_dir: str, recursive: bool = True, dataset_name: Opti
 def register_image_folder(name: str, image_dir: str, recursive: bool = True) -> bool:
     """Register a folder of unlabeled images (idempotent; nothing is read now).
 
-    The set has no ground truth: :func:`~semidetr.data.catalog.load_unlabeled_with_monitor_gt` raises
+    The set has no ground truth: :func:`~semidetr.data.datasets.catalog.load_unlabeled_with_monitor_gt` raises
     NoGroundTruthError for it, and training with SEMI.MONITOR_UNLABELED_GT warns and does not monitor it.
 
     Returns:

@@ -200,7 +200,7 @@ def load_voc_dicts(
             :func:`infer_voc_class_names`.
         dataset_name: where to store the data issues.
         difficult_as_crowd: mark "difficult" objects iscrowd=1 (see module doc).
-        duplicate_iou_thresh: see :func:`~semidetr.data.validation.sanitize_annotations`.
+        duplicate_iou_thresh: see :func:`~semidetr.data.datasets.validation.sanitize_annotations`.
         errata: corrections applied while loading.
 
     Raises:
@@ -304,7 +304,7 @@ def register_voc(
         class_names: the known label set, or None to infer it from the data (lazily, on first access
             to ``thing_classes`` or on loading).
         unlabeled: register the images only; their XML annotations remain available as monitoring
-            ground truth (:func:`~semidetr.data.catalog.load_unlabeled_with_monitor_gt`).
+            ground truth (:func:`~semidetr.data.datasets.catalog.load_unlabeled_with_monitor_gt`).
         root_fn: optional zero-argument function returning the root when it is needed, for built-in
             sets whose location is resolved at load time; `root` is then only a description.
         Others: see :func:`load_voc_dicts`.
