@@ -1,4 +1,4 @@
-"""The percentage-split rule (semidetr.data.splits) and tools/make_semi_splits.py."""
+"""The percentage-split rule (semidetr.data.datasets.splits) and tools/make_semi_splits.py."""
 import json
 import os
 import subprocess

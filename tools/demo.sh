@@ -30,7 +30,7 @@ cat "$OUT/results.md"
 
 SEMI_RUN="$OUT/shapes_lite/seed1/rows_from${BURN_IN}_iters${ITERS}/semidetr"
 echo "[demo] predictions of the Semi-DETR teacher on 8 validation images -> ${OUT}/predictions"
-VAL_IMAGES="$("$PY" -c "from semidetr.data.synthetic import LITE_CONFIG, LITE_SPLITS, prepare_shapes_split; import os; n, s = LITE_SPLITS['lite_val']; j, r = prepare_shapes_split('lite_val', n, s, LITE_CONFIG); print(os.path.join(r, 'images'))")"
+VAL_IMAGES="$("$PY" -c "from semidetr.data.datasets.synthetic import LITE_CONFIG, LITE_SPLITS, prepare_shapes_split; import os; n, s = LITE_SPLITS['lite_val']; j, r = prepare_shapes_split('lite_val', n, s, LITE_CONFIG); print(os.path.join(r, 'images'))")"
 # The full log (it starts with the model's structure) goes to a file; the summary lines are shown.
 if ! "$PY" tools/infer.py --config-file "$SEMI_RUN/config.yaml" --weights "$SEMI_RUN/model_final.pth" \
     --input $(ls "$VAL_IMAGES"/*.jpg | head -8) --output "$OUT/predictions" --score-threshold 0.4 \

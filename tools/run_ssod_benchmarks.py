@@ -169,6 +169,7 @@ def final_ap(metrics_file):
 def labeled_per_step(config):
     """Labeled images per step of a semi-supervised config: SOLVER.IMS_PER_BATCH split by SEMI.SAMPLE_RATIO."""
     from detectron2.config import get_cfg
+
     from semidetr.config import add_semidetr_config
 
     cfg = get_cfg()
@@ -331,7 +332,7 @@ def table(results, args):
             lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(_fmt(v) for v in values)
                          + f" | {_fmt(stats[run][0])} | {_fmt(stats[run][1])} |")
         burn_in = [ap(s, "burn_in") for s in seeds]
-        lines += ["", f"Burn-in (sup-only at its full batch, where every row starts): "
+        lines += ["", "Burn-in (sup-only at its full batch, where every row starts): "
                   + ", ".join(f"seed {s} {_fmt(v)}" for s, v in zip(seeds, burn_in)) + ".", ""]
         sup, ceiling = stats.get("sup_only", (None, None))[0], stats["ceiling"][0]
         if sup is not None and ceiling is not None:
