@@ -189,3 +189,24 @@ def test_a_longer_burn_in_continues_the_finished_shorter_one(script, tmp_path):
     fresh = seed_dir / "burn_in500"
     os.makedirs(fresh)
     assert script.extend_finished_shorter_run(str(fresh)) is None  # nothing shorter: from scratch
+
+
+def test_extension_waits_for_the_shorter_runs_final_evaluation(script, tmp_path):
+    """model_final.pth exists before the final evaluation is logged: the copy waits for the run's lock."""
+    seed_dir = tmp_path / "seed1"
+    _write_run(str(seed_dir / "burn_in100"), [(49, 5.0)])
+    holder = open(seed_dir / "burn_in100" / ".lock", "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # still evaluating
+    os.makedirs(seed_dir / "burn_in200")
+    waiter = threading.Thread(target=script.extend_finished_shorter_run, args=(str(seed_dir / "burn_in200"),))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()
+    with open(seed_dir / "burn_in100" / "metrics.json", "a") as f:
+        f.write(json.dumps({"iteration": 100, "bbox/AP": 7.0, "bbox/AP50": 14.0}) + "\n")
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    holder.close()
+    waiter.join(timeout=10)
+    assert [ap for _, ap in script.summarize_run(str(seed_dir / "burn_in100"))["curve"]] == [5.0, 7.0]
+    with open(seed_dir / "burn_in200" / "metrics.json") as f:
+        assert '"bbox/AP": 7.0' in f.read()

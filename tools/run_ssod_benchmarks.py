@@ -149,10 +149,14 @@ def extend_finished_shorter_run(out_dir):
     iterations, source = shorter[-1][0], os.path.join(parent, shorter[-1][1])
     checkpoint = f"model_{iterations - 1:07d}.pth"
     os.makedirs(out_dir, exist_ok=True)
-    os.link(os.path.join(source, "model_final.pth"), os.path.join(out_dir, checkpoint))
-    for file_name in ("metrics.json", "log.txt"):
-        if os.path.exists(os.path.join(source, file_name)):
-            shutil.copyfile(os.path.join(source, file_name), os.path.join(out_dir, file_name))
+    # model_final.pth is written before the final evaluation: wait for the source's lock (held while it
+    # trains and evaluates) so that its metrics are complete when copied.
+    with open(os.path.join(source, ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.link(os.path.join(source, "model_final.pth"), os.path.join(out_dir, checkpoint))
+        for file_name in ("metrics.json", "log.txt"):
+            if os.path.exists(os.path.join(source, file_name)):
+                shutil.copyfile(os.path.join(source, file_name), os.path.join(out_dir, file_name))
     with open(os.path.join(out_dir, "last_checkpoint"), "w") as f:
         f.write(checkpoint)
     return source
