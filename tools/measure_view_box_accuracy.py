@@ -21,8 +21,9 @@ from detectron2.config import get_cfg
 from torchvision.ops import box_iou
 
 from semidetr import add_semidetr_config
+from semidetr.data.geometry import transform_boxes
 from semidetr.data.synthetic import SHAPE_CLASSES, ShapesConfig, _place_outlines, _unit_outlines
-from semidetr.data.transforms import build_view_augmentation, transform_boxes
+from semidetr.data.transforms import build_view_augmentation
 
 
 def _bbox(points: np.ndarray) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-from ..data.transforms import map_boxes
+from ..data.geometry import map_boxes
 from ..modeling.box_ops import batched_box_iou
 
 __all__ = ["PseudoLabeler", "PseudoLabelBatch", "match_at_iou", "duplicate_hits"]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from ..data.transforms import map_boxes
+from ..data.geometry import map_boxes
 from ..modeling.box_ops import xyxy_to_cxcywh
 from ..modeling.detector import CrossViewQueries
 from .cost_mining import PseudoLabelMiner
