@@ -8,7 +8,8 @@ from torch import nn
 
 from semidetr.modeling.cross_view import CrossViewQueryEmbedding
 from semidetr.semi.ema import EmaUpdater, ema_decay
-from semidetr.semi.pseudo_labels import PseudoLabeler, match_at_iou
+from semidetr.semi.monitoring import match_at_iou, pseudo_label_metrics
+from semidetr.semi.pseudo_labels import PseudoLabeler
 from semidetr.semi.query_consistency import consistency_loss
 
 
@@ -67,7 +68,7 @@ def test_pseudo_labels_score_filter_and_weak_to_strong_mapping():
     # box 2 (score 0.3) filtered; box 3 becomes 10x10 < 12 px and is dropped by the mapping
     assert labels.gt_classes.tolist() == [1]
     torch.testing.assert_close(labels.gt_boxes.tensor, torch.tensor([[340.0, 20, 380, 80]]))
-    assert batch.metrics["pseudo/dropped_by_mapping"] == 1.0
+    assert pseudo_label_metrics(batch, [strong])["pseudo/dropped_by_mapping"] == 1.0
     assert batch.kept[0].tolist() == [True, False]
 
 
