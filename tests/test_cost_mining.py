@@ -205,8 +205,8 @@ def test_score_based_methods_on_a_hand_case():
     assert mean_std_selection.threshold is None and int(torch.cat(mean_std_selection.keep).sum()) == 2
 
 
-def test_unknown_method_names_the_config_key():
-    with pytest.raises(ValueError, match=r"SEMIDETR\.CPM\.METHOD.*fixed, topk, mean_std, gmm"):
+def test_unknown_method_names_the_argument_and_the_methods():
+    with pytest.raises(ValueError, match=r"method='otsu'.*fixed, topk, mean_std, gmm"):
         PseudoLabelMiner("otsu")
 
 

@@ -201,11 +201,11 @@ class PseudoLabelMiner:
                  cost_class: float = 2.0, cost_giou: float = 2.0, cost_bbox: float = 5.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, gather: bool = True, random_state: int = 0):
         if method not in MINING_METHODS:
-            raise ValueError(f"SEMIDETR.CPM.METHOD={method!r} is not one of {', '.join(MINING_METHODS)}")
+            raise ValueError(f"PseudoLabelMiner: method={method!r} is not one of {', '.join(MINING_METHODS)}")
         if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"SEMIDETR.CPM.SCORE_THRESH={score_threshold} must lie in [0, 1]")
+            raise ValueError(f"PseudoLabelMiner: score_threshold={score_threshold} must lie in [0, 1]")
         if int(topk) != topk or topk < 1:
-            raise ValueError(f"SEMIDETR.CPM.TOPK={topk} must be a positive integer")
+            raise ValueError(f"PseudoLabelMiner: topk={topk} must be a positive integer")
         if cost_class == 0 and cost_giou == 0 and cost_bbox == 0:
             raise ValueError("PseudoLabelMiner: all matching costs are 0")
         self.method = method

@@ -40,7 +40,7 @@ class PseudoLabeler:
         """mean_std_floor: keep only detections that also score >= the mean + std of their image's
         detections (SEMI.PSEUDO_MEAN_STD_FLOOR, the official code's rule)."""
         if not 0.0 < score_threshold < 1.0:
-            raise ValueError(f"SEMI.PSEUDO_SCORE_THRESH={score_threshold} must lie in (0, 1)")
+            raise ValueError(f"PseudoLabeler: score_threshold={score_threshold} must lie in (0, 1)")
         self.score_threshold = score_threshold
         self.min_box_size = min_box_size
         self.mean_std_floor = mean_std_floor

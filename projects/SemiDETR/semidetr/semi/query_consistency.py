@@ -56,7 +56,7 @@ def consistency_loss(student: Tensor, teacher: Tensor, kind: str = "cosine", ext
         placeholder box of every image without a candidate, dino_detr_ssod.py:515-516, 575-578, 479).
     No box: an exact zero that stays in the autograd graph."""
     if kind not in CONSISTENCY_LOSSES:
-        raise ValueError(f"SEMIDETR.CQC.LOSS={kind!r} is not one of {CONSISTENCY_LOSSES}")
+        raise ValueError(f"consistency_loss: kind={kind!r} is not one of {CONSISTENCY_LOSSES}")
     if student.shape[1] == 0:
         return student.sum() * 0.0 + teacher.sum() * 0.0
     cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (L, M)
@@ -118,12 +118,11 @@ class CrossViewConsistency:
             score_threshold: tau_s of "mined_or_score".
             scale_by_unsup_weight: the trainer multiplies the loss by w_u too (the official code does).
         """
-        if loss not in CONSISTENCY_LOSSES:
-            raise ValueError(f"SEMIDETR.CQC.LOSS={loss!r} is not one of {CONSISTENCY_LOSSES}")
+        # `loss` is checked where it is interpreted (consistency_loss); the config keys in config_checks.
         if structure not in STRUCTURES:
-            raise ValueError(f"CQC structure {structure!r} is not one of {STRUCTURES} (SEMIDETR.CQC.VARIANT)")
+            raise ValueError(f"CrossViewConsistency: structure={structure!r} is not one of {STRUCTURES}")
         if candidates not in CANDIDATE_SETS:
-            raise ValueError(f"SEMIDETR.CQC.CANDIDATES={candidates!r} is not one of {CANDIDATE_SETS}")
+            raise ValueError(f"CrossViewConsistency: candidates={candidates!r} is not one of {CANDIDATE_SETS}")
         self.miner = miner
         self.structure = structure
         self.loss_kind = loss
