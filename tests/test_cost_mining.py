@@ -13,6 +13,8 @@ from semidetr.semi.cost_mining import (
     gmm_cost_threshold,
     mean_std_candidates,
 )
+from semidetr.semi.monitoring import cpm_precision_recall, cross_view_metrics
+from semidetr.semi.query_consistency import CrossViewCandidates
 
 WEIGHTS = dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0)
 
@@ -157,38 +159,54 @@ def _teacher_case():
     return [scores, scores.clone()], [labels, labels.clone()], [boxes, boxes.clone()], student_logits, student_boxes
 
 
+def _mine(miner, scores, labels, boxes, logits=None, pred_boxes=None):
+    """The trainer's two steps: the miner's candidates, then its selection among them.
+    Returns (candidate masks over the detections, MinedSelection over the candidates)."""
+    candidates = miner.candidates(scores)
+    selection = miner.select([l[c] for l, c in zip(labels, candidates)], [b[c] for b, c in zip(boxes, candidates)],
+                             logits, pred_boxes)
+    return candidates, selection
+
+
 def test_gmm_miner_keeps_the_low_cost_candidates():
     scores, labels, boxes, logits, pred_boxes = _teacher_case()
-    result = PseudoLabelMiner("gmm", gather=False)(scores, labels, boxes, logits, pred_boxes)
-    expected = [True, True, False, False, False, False, False, False]
-    assert [k.tolist() for k in result.keep] == [expected, expected]
-    assert result.keep[0].dtype == torch.bool
+    candidates, result = _mine(PseudoLabelMiner("gmm", gather=False), scores, labels, boxes, logits, pred_boxes)
+    assert [c.tolist() for c in candidates] == [[True] * 4 + [False] * 4] * 2  # mean + std
+    assert [k.tolist() for k in result.keep] == [[True, True, False, False]] * 2
+    assert result.keep[0].dtype == torch.bool and result.method == "gmm"
     costs = candidate_matching_costs(logits, pred_boxes, [{"labels": l[:4], "boxes": b[:4]}
                                                           for l, b in zip(labels, boxes)])
     assert result.threshold == gmm_cost_threshold(torch.cat(costs))
-    assert result.metrics["cpm/candidates_per_image"] == 4.0
-    assert float(result.metrics["cpm/selected_per_image"]) == 2.0
-    assert result.metrics["cpm/cost_threshold"] == result.threshold
+    # What the step logs of this selection (the candidate boxes' frame does not matter here).
+    kept_boxes = [b[c] for b, c in zip(boxes, candidates)]
+    cqc_candidates = CrossViewCandidates(kept_boxes, kept_boxes, [l[c] for l, c in zip(labels, candidates)],
+                                         [s[c] for s, c in zip(scores, candidates)], None, [(1, 1)] * 2, [(1, 1)] * 2)
+    metrics = cross_view_metrics(cqc_candidates, result, [{}, {}])
+    assert metrics["cpm/candidates_per_image"] == 4.0 and metrics["cqc/boxes_per_image"] == 4.0
+    assert float(metrics["cqc/selected_per_image"]) == 2.0
+    assert metrics["cpm/cost_threshold"] == result.threshold
 
 
 def test_score_based_methods_on_a_hand_case():
     scores = [torch.tensor([0.95, 0.5, 0.41, 0.4, 0.39, 0.1, 0.05, 0.9, 0.3, 0.2, 0.15, 0.12]), torch.zeros(0)]
     labels = [torch.zeros(12, dtype=torch.long), torch.zeros(0, dtype=torch.long)]
     boxes = [_boxes(12), torch.zeros(0, 4)]
-    fixed = PseudoLabelMiner("fixed")(scores, labels, boxes)
-    assert fixed.keep[0].tolist() == [True, True, True, True, False, False, False, True, False, False, False, False]
-    assert fixed.threshold == 0.4 and fixed.keep[1].shape == (0,)
-    topk = PseudoLabelMiner("topk", topk=9)(scores, labels, boxes)
-    assert topk.keep[0].tolist() == [True] * 5 + [False, False, True, True, True, True, False]
-    assert PseudoLabelMiner("topk", topk=20)(scores, labels, boxes).keep[0].all()  # fewer than K: all
-    mean_std = PseudoLabelMiner("mean_std")(scores, labels, boxes)
-    assert mean_std.keep[0].tolist() == mean_std_candidates(scores[0]).tolist()
-    assert mean_std.keep[0].tolist() == [True, False, False, False, False, False, False, True] + [False] * 4
-    assert mean_std.threshold is None and float(mean_std.metrics["cpm/selected_per_image"]) == 1.0
+    # The score rules choose at the candidate step and keep every candidate at the selection step.
+    fixed, fixed_selection = _mine(PseudoLabelMiner("fixed"), scores, labels, boxes)
+    assert fixed[0].tolist() == [True, True, True, True, False, False, False, True, False, False, False, False]
+    assert fixed_selection.threshold == 0.4 and fixed[1].shape == (0,)
+    assert [k.tolist() for k in fixed_selection.keep] == [[True] * 5, []]
+    topk, _ = _mine(PseudoLabelMiner("topk", topk=9), scores, labels, boxes)
+    assert topk[0].tolist() == [True] * 5 + [False, False, True, True, True, True, False]
+    assert _mine(PseudoLabelMiner("topk", topk=20), scores, labels, boxes)[0][0].all()  # fewer than K: all
+    mean_std, mean_std_selection = _mine(PseudoLabelMiner("mean_std"), scores, labels, boxes)
+    assert mean_std[0].tolist() == mean_std_candidates(scores[0]).tolist()
+    assert mean_std[0].tolist() == [True, False, False, False, False, False, False, True] + [False] * 4
+    assert mean_std_selection.threshold is None and int(torch.cat(mean_std_selection.keep).sum()) == 2
 
 
-def test_unknown_method_names_the_config_key():
-    with pytest.raises(ValueError, match=r"SEMIDETR\.CPM\.METHOD.*fixed, topk, mean_std, gmm"):
+def test_unknown_method_names_the_argument_and_the_methods():
+    with pytest.raises(ValueError, match=r"method='otsu'.*fixed, topk, mean_std, gmm"):
         PseudoLabelMiner("otsu")
 
 
@@ -201,10 +219,12 @@ def test_precision_recall_metrics_on_a_hand_case():
     gt_boxes = torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.525, 0.5, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1],
                              [0.1, 0.9, 0.1, 0.1], [0.5, 0.2, 0.1, 0.1]])
     gt_classes = torch.tensor([0, 1, 0, 2, 0])
-    result = PseudoLabelMiner("fixed", score_threshold=0.5)([scores], [labels], [boxes],
-                                                           gt_classes=[gt_classes], gt_boxes=[gt_boxes])
-    assert result.metrics["cpm/precision@0.5"] == pytest.approx(2 / 3)
-    assert result.metrics["cpm/recall@0.5"] == pytest.approx(2 / 5)
+    miner = PseudoLabelMiner("fixed", score_threshold=0.5)
+    candidates, selection = _mine(miner, [scores], [labels], [boxes])
+    metrics = cpm_precision_recall(selection.keep, [labels[candidates[0]]], [boxes[candidates[0]]], [gt_classes],
+                                   [gt_boxes])
+    assert metrics["cpm/precision@0.5"] == pytest.approx(2 / 3)
+    assert metrics["cpm/recall@0.5"] == pytest.approx(2 / 5)
 
 
 def test_gather_uses_every_process_costs_and_runs_without_candidates(monkeypatch):
@@ -218,21 +238,22 @@ def test_gather_uses_every_process_costs_and_runs_without_candidates(monkeypatch
 
     monkeypatch.setattr(cost_mining.comm, "all_gather", fake_all_gather)
     miner = PseudoLabelMiner("gmm")
-    result = miner(scores, labels, boxes, logits, pred_boxes)
+    _, result = _mine(miner, scores, labels, boxes, logits, pred_boxes)
     assert len(calls) == 1 and len(calls[0]) == 8
     assert result.threshold == gmm_cost_threshold(np.concatenate([calls[0], other_rank]))
     assert result.threshold < -40 and not any(k.any() for k in result.keep)  # judged against the whole batch
     # a process without any candidate still joins the collective
-    empty = miner([torch.zeros(0)], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, 4)], logits[:1], pred_boxes[:1])
+    _, empty = _mine(miner, [torch.zeros(0)], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, 4)], logits[:1],
+                     pred_boxes[:1])
     assert len(calls) == 2 and len(calls[1]) == 0
     assert empty.keep[0].shape == (0,) and empty.threshold == gmm_cost_threshold(other_rank)
-    nothing = miner([], [], [], None, None)
+    _, nothing = _mine(miner, [], [], [], None, None)
     assert len(calls) == 3 and nothing.keep == []
 
 
 def test_gmm_miner_survives_non_finite_student_predictions():
     scores, labels, boxes, logits, pred_boxes = _teacher_case()
     logits[1] = math.nan
-    result = PseudoLabelMiner("gmm", gather=False)(scores, labels, boxes, logits, pred_boxes)
+    _, result = _mine(PseudoLabelMiner("gmm", gather=False), scores, labels, boxes, logits, pred_boxes)
     assert not result.keep[1].any()
     assert result.keep[0].tolist()[:2] == [True, True] and math.isfinite(result.threshold)

@@ -1,4 +1,4 @@
-"""The bad-data policy (semidetr/data/validation.py) on tiny crafted data sets: each case is either a
+"""The bad-data policy (semidetr/data/datasets/validation.py) on tiny crafted data sets: each case is either a
 clear error naming the file, or skipped/repaired with one warning per kind and a count in the metadata."""
 import json
 import logging

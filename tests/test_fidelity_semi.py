@@ -17,7 +17,9 @@ from semidetr.engine.semi_trainer import CONSISTENCY_LOSS, SemiTrainer
 from semidetr.engine.stage import ONE_TO_MANY, ONE_TO_ONE, StageSchedule, evaluation_nms
 from semidetr.modeling.cross_view import CQC_VARIANTS, CrossViewQueryEmbedding, resolve_cqc
 from semidetr.modeling.detector import DetectorOutputs, TrainingOutputs
-from semidetr.semi.pseudo_labels import PseudoLabeler, duplicate_hits
+from semidetr.semi.cost_mining import MinedSelection
+from semidetr.semi.monitoring import cross_view_metrics, duplicate_hits, pseudo_label_metrics
+from semidetr.semi.pseudo_labels import PseudoLabeler
 from semidetr.semi.query_consistency import CrossViewCandidates, CrossViewConsistency, consistency_loss
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +108,7 @@ def test_duplicate_measure_counts_boxes_on_an_object_already_hit():
     monitor = Instances((100, 200))
     monitor.gt_boxes, monitor.gt_classes = Boxes(gt), gt_classes
     strong["monitor_instances"] = monitor
-    metrics = PseudoLabeler(0.4)([predictions], [weak], [strong]).metrics
+    metrics = pseudo_label_metrics(PseudoLabeler(0.4)([predictions], [weak], [strong]), [strong])
     assert metrics["pseudo/precision@0.5"] == pytest.approx(4 / 5)  # the duplicates count as correct here
     assert metrics["pseudo/duplicates@0.5"] == pytest.approx(2 / 5)  # and show up here
 
@@ -122,11 +124,13 @@ def test_monitoring_counts_the_monitored_images_of_a_mixed_batch():
     monitor = Instances((100, 200))
     monitor.gt_boxes, monitor.gt_classes = Boxes(gt), torch.zeros(2, dtype=torch.long)
     monitored["monitor_instances"] = monitor
-    metrics = PseudoLabeler(0.4)([predictions, predictions], [_view(), _view()], [monitored, unmonitored]).metrics
+    strong = [monitored, unmonitored]
+    metrics = pseudo_label_metrics(PseudoLabeler(0.4)([predictions, predictions], [_view(), _view()], strong), strong)
     assert metrics["pseudo/labels_per_image"] == pytest.approx(2.0)
     assert metrics["pseudo/precision@0.5"] == pytest.approx(1 / 2)  # the unmonitored image's boxes not counted
     assert metrics["pseudo/recall@0.5"] == pytest.approx(1 / 2)
-    assert "pseudo/precision@0.5" not in PseudoLabeler(0.4)([predictions], [_view()], [_view()]).metrics
+    assert "pseudo/precision@0.5" not in pseudo_label_metrics(PseudoLabeler(0.4)([predictions], [_view()], [_view()]),
+                                                              [_view()])
 
 
 def test_mean_std_floor_drops_pseudo_labels_below_the_images_mean_plus_std():
@@ -271,7 +275,7 @@ class _StubMiner:
         return [torch.ones_like(s, dtype=torch.bool) for s in scores]
 
     def select(self, labels, boxes, logits, pred_boxes):
-        return [k.clone() for k in self.keep], 1.0, {}
+        return MinedSelection([k.clone() for k in self.keep], 1.0, "fixed")
 
 
 class _CqcTeacher(nn.Module):
@@ -332,8 +336,8 @@ def _loss_inputs(structure="paper", keep=(True, False), scores=(0.9, 0.3), **kwa
         [torch.zeros(2, dtype=torch.long)], [torch.tensor(scores)], [torch.zeros(2, 8)], [(64, 64)], [(64, 64)])
     student_hidden = torch.stack([own.detach(), 2 * own.detach()])[:, None].clone()  # (L, 1, X, C)
     student_hidden[:, 0, 1] = torch.eye(8)[0]  # the second candidate disagrees: cos 0 with the teacher's
-    loss, metrics = cqc.loss(teacher, None, candidates, student_hidden, own, torch.zeros(1, 5, 3), torch.zeros(1, 5, 4))
-    return loss, metrics, own
+    loss, selection = cqc.loss(teacher, None, candidates, student_hidden, own, torch.zeros(1, 5, 3), torch.zeros(1, 5, 4))
+    return loss, cross_view_metrics(candidates, selection, [_view(size=(64, 64))]), own
 
 
 def test_cqc_loss_uses_only_the_boxes_cpm_keeps():

@@ -1,5 +1,5 @@
 # Copyright (c) SemiDETR-D2 contributors. Licensed under the Apache License 2.0.
-"""Views and box geometry (semidetr.data.transforms): matrices agree with the warped pixels, boxes move
+"""Views and box geometry (semidetr.data.transforms, semidetr.data.geometry): matrices agree with the warped pixels, boxes move
 between views exactly, colour operations match PIL, and the views are drawn as configured."""
 import math
 
@@ -11,6 +11,15 @@ from detectron2.utils.env import seed_all_rng
 from PIL import Image, ImageEnhance, ImageOps
 
 from semidetr.config import add_semidetr_config
+from semidetr.data.geometry import (
+    hflip_matrix,
+    map_boxes,
+    rotation_matrix,
+    scale_matrix,
+    shear_matrix,
+    transform_boxes,
+    translation_matrix,
+)
 from semidetr.data.transforms import (
     COLOR_OPS,
     FILL_VALUE,
@@ -19,14 +28,7 @@ from semidetr.data.transforms import (
     apply_color_op,
     build_view_augmentation,
     erase_random_rectangles,
-    hflip_matrix,
-    map_boxes,
     resize_image,
-    rotation_matrix,
-    scale_matrix,
-    shear_matrix,
-    transform_boxes,
-    translation_matrix,
     warp_affine,
 )
 

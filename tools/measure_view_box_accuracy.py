@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How exact are the strong view's boxes? IoU of the mapped box with the true tight box of the object.
 
-A box is moved into the strong view by the bounding box of its four transformed corners (data/transforms.py,
+A box is moved into the strong view by the bounding box of its four transformed corners (data/geometry.py,
 as the official code). For a translation, resize or flip that is the object's tight box; for a rotation or a
 shear it is larger, by how much depending on the object's shape. This draws objects of the embedded data's
 classes with the generator's own outlines (data/datasets/synthetic.py: shape, jitter, random orientation), puts each
@@ -22,7 +22,8 @@ from torchvision.ops import box_iou
 
 from semidetr import add_semidetr_config
 from semidetr.data.datasets.synthetic import SHAPE_CLASSES, ShapesConfig, _place_outlines, _unit_outlines
-from semidetr.data.transforms import build_view_augmentation, transform_boxes
+from semidetr.data.geometry import transform_boxes
+from semidetr.data.transforms import build_view_augmentation
 
 
 def _bbox(points: np.ndarray) -> torch.Tensor:

@@ -70,9 +70,9 @@ MUTANTS = [
      "weak, return_encoded=True, nms_thresh=self.pseudo_nms_thresh, clip=self.clip_pseudo_boxes)",
      "weak, return_encoded=True, nms_thresh=0.0, clip=self.clip_pseudo_boxes)",
      [WIRING + "::test_pseudo_label_nms_removes_duplicates_of_the_same_teacher_output"]),
-    ("pseudo_mapping_reversed", PKG + "semi/pseudo_labels.py",
-     'boxes, keep = map_boxes(selected.pred_boxes.tensor, weak["transform_matrix"], strong["transform_matrix"],',
-     'boxes, keep = map_boxes(selected.pred_boxes.tensor, strong["transform_matrix"], weak["transform_matrix"],',
+    ("pseudo_mapping_reversed", PKG + "data/geometry.py",
+     "boxes, keep = map_boxes(instances.get(box_field).tensor, src_matrix, dst_matrix, dst_size, min_size)",
+     "boxes, keep = map_boxes(instances.get(box_field).tensor, dst_matrix, src_matrix, dst_size, min_size)",
      ["tests/test_semi_components.py::test_pseudo_labels_score_filter_and_weak_to_strong_mapping"]),
     # --- CQC / CPM (semi/query_consistency.py, semi/cost_mining.py)
     ("cqc_keep_mask_ignored", PKG + "semi/query_consistency.py",

@@ -24,7 +24,7 @@ from detectron2.utils.logger import setup_logger
 from semidetr.data.mappers import build_test_mapper
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
-from semidetr.modeling.box_ops import batched_box_iou
+from semidetr.semi.monitoring import hit_matrix
 
 logger = logging.getLogger("semidetr.pseudo_label_quality")
 
@@ -34,9 +34,7 @@ def count_hits(pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes, thre
     (T thresholds, K classes) and "best_scores": per ground-truth box, its highest same-class prediction
     score at IoU >= `iou` (0 if none), with "best_classes" its class."""
     thresholds = torch.as_tensor(thresholds, dtype=torch.float32)
-    same_class = pred_classes[:, None] == gt_classes[None, :]
-    hit = same_class & (batched_box_iou(pred_boxes, gt_boxes) >= iou) if len(pred_boxes) and len(gt_boxes) \
-        else torch.zeros(len(pred_boxes), len(gt_boxes), dtype=torch.bool)
+    hit = hit_matrix(pred_boxes, pred_classes, gt_boxes, gt_classes, iou)  # [P, G], as the training metrics
     above = pred_scores[None, :] >= thresholds[:, None]                       # [T, P]
     pred_onehot = torch.nn.functional.one_hot(pred_classes.long(), num_classes).float()  # [P, K]
     gt_onehot = torch.nn.functional.one_hot(gt_classes.long(), num_classes).float()      # [G, K]

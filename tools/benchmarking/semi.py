@@ -38,7 +38,7 @@ SCOPE_LABELS = OrderedDict([
 ])
 # The "matching, assignment, pseudo-label processing and GMM".
 MATCHING_SHARE_SCOPES = ("matching/hungarian", "matching/one_to_many", "semi/pseudo_labels", "semi/cpm_mining")
-MONITORED_METRICS = ("pseudo/labels_per_image", "cpm/candidates_per_image", "cpm/selected_per_image",
+MONITORED_METRICS = ("pseudo/labels_per_image", "cpm/candidates_per_image", "cqc/selected_per_image",
                      "cqc/boxes_per_image")
 
 

@@ -1,6 +1,6 @@
 # Copyright (c) SemiDETR-D2 contributors. Licensed under the Apache License 2.0.
 """Dataset mappers: a detectron2 dataset dict -> the model's input dict, with the views of
-`semidetr.data.transforms`.
+`semidetr.data.transforms` (the geometry: `semidetr.data.geometry`).
 
 * `LabeledDatasetMapper`: labeled images (supervised training and the labeled stream of
   semi-supervised training); with `is_train=False` the test-time mapping (`build_test_mapper`).
@@ -8,7 +8,7 @@
 
 Every view carries "transform_matrix", the (3, 3) float32 affine map from original-image pixel
 coordinates (pixel edges: the image spans [0, W] x [0, H]) to view coordinates, and "transforms", the
-names of the applied operations; `semidetr.data.transforms.map_boxes` moves boxes between views.
+names of the applied operations; `semidetr.data.geometry.map_boxes` moves boxes between views.
 Images are read as RGB (the colour operations need the true channel order) and handed to the model
 in INPUT.FORMAT ("RGB" or "BGR").
 
@@ -36,7 +36,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from .transforms import View, ViewAugmentation, build_view_augmentation, transform_boxes
+from .geometry import transform_boxes
+from .transforms import View, ViewAugmentation, build_view_augmentation
 
 __all__ = [
     "LabeledDatasetMapper",

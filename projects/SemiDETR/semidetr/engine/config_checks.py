@@ -1,12 +1,15 @@
-"""Config errors caught before anything is built, each naming the key to fix."""
+"""Config errors caught before anything is built, each naming the key to fix.
+
+The one layer of key-naming errors: the constructors built from these keys check only their own
+arguments (and name those), so a setting is checked against its key here, once."""
 import logging
 
 from ..data.build import semi_batch_sizes
+from ..modeling.cross_view import PROJECTORS, resolve_cqc
 from ..modeling.one_to_many import ONE_TO_MANY_ASSIGNERS
 from ..semi.cost_mining import MINING_METHODS
-from ..modeling.cross_view import CQC_VARIANTS, PROJECTORS
+from ..semi.pseudo_labels import IMAGES_WITHOUT_PSEUDO_LABELS
 from ..semi.query_consistency import CANDIDATE_SETS, CONSISTENCY_LOSSES
-from .semi_trainer import IMAGES_WITHOUT_PSEUDO_LABELS
 from .stage import STAGES
 
 __all__ = ["check_config"]
@@ -76,14 +79,20 @@ def _semi_errors(cfg, world_size: int):
         if shm.TOPK < 1:
             errors.append(f"SEMIDETR.SHM.TOPK={shm.TOPK} must be >= 1")
     if cqc.ENABLED:
-        if cqc.VARIANT not in CQC_VARIANTS:
-            errors.append(f"SEMIDETR.CQC.VARIANT={cqc.VARIANT!r} is not one of {sorted(CQC_VARIANTS)}")
+        try:
+            resolve_cqc(cfg)  # SEMIDETR.CQC.VARIANT
+        except ValueError as error:
+            errors.append(str(error))
         for key, value, valid in (("LOSS", cqc.LOSS, CONSISTENCY_LOSSES),
                                   ("CANDIDATES", cqc.CANDIDATES, CANDIDATE_SETS), ("PROJECTOR", cqc.PROJECTOR, PROJECTORS)):
             if value and value not in valid:
                 errors.append(f"SEMIDETR.CQC.{key}={value!r} is not one of {list(valid)} (or '' for the variant's)")
         if cpm.METHOD not in MINING_METHODS:
             errors.append(f"SEMIDETR.CPM.METHOD={cpm.METHOD!r} is not one of {list(MINING_METHODS)}")
+        if not 0.0 <= cpm.SCORE_THRESH <= 1.0:
+            errors.append(f"SEMIDETR.CPM.SCORE_THRESH={cpm.SCORE_THRESH} must lie in [0, 1]")
+        if cpm.TOPK < 1:
+            errors.append(f"SEMIDETR.CPM.TOPK={cpm.TOPK} must be a positive integer")
         if cqc.ROI_SIZE < 1:
             errors.append(f"SEMIDETR.CQC.ROI_SIZE={cqc.ROI_SIZE} must be >= 1")
     return errors

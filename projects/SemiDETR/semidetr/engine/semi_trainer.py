@@ -10,26 +10,28 @@ Each step (paper Fig. 3 and eq. 13):
   4. one student forward over labeled images + strong views (loss groups "" and "unsup"), with
      one-to-many assignment in Stage-wise Hybrid Matching's first stage, one-to-one after it;
   5. [CQC + CPM] the teacher decodes the student's embeddings; mined candidates enter the consistency loss;
-  6. L = L_sup + w_u * L_unsup (+ w_c * L_c, times w_u too in the official CQC), backward, clip, step
+  6. monitoring (semi/monitoring.py): counts and, where the ground truth is loaded, quality of the pseudo
+     labels and of the mined candidates, logged with the losses;
+  7. L = L_sup + w_u * L_unsup (+ w_c * L_c, times w_u too in the official CQC), backward, clip, step
      (skipped if anything is non-finite);
-  7. hooks: EMA update of the teacher, stage switch, evaluation, checkpoints.
+  8. hooks: EMA update of the teacher, stage switch, evaluation, checkpoints.
 """
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 from detectron2.utils import comm
 from torch.profiler import record_function
 
-from ..modeling.box_ops import xyxy_to_cxcywh
 from ..modeling.detector import loss_group_prefix
-from ..semi.pseudo_labels import PseudoLabeler
+from ..semi.monitoring import step_metrics
+from ..semi.pseudo_labels import IMAGES_WITHOUT_PSEUDO_LABELS, PseudoLabeler
 from ..semi.query_consistency import CrossViewConsistency
 from .stage import ONE_TO_ONE, StageSchedule
 from .train_loop import DetrTrainer, autocast_step
 
-__all__ = ["SemiTrainer", "UNSUP_GROUP", "UNSUP_PREFIX", "IMAGES_WITHOUT_PSEUDO_LABELS"]
+__all__ = ["SemiTrainer", "UNSUP_GROUP", "UNSUP_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,6 @@ logger = logging.getLogger(__name__)
 UNSUP_GROUP = "unsup"
 UNSUP_PREFIX = loss_group_prefix(UNSUP_GROUP)
 CONSISTENCY_LOSS = "loss_consistency"
-# SEMI.IMAGES_WITHOUT_PSEUDO_LABELS -> classification-loss weight of such an unlabeled image.
-IMAGES_WITHOUT_PSEUDO_LABELS = {"background": 1.0, "ignore": 0.0}
 
 
 class SemiTrainer(DetrTrainer):
@@ -129,40 +129,29 @@ class SemiTrainer(DetrTrainer):
             loss_dict, outputs = self.model(student_inputs, return_outputs=True)
         loss_dict = {name: value * self.unsup_weight if name.startswith(UNSUP_PREFIX) else value
                      for name, value in loss_dict.items()}
-        metrics = {**pseudo.metrics, **self.data_metrics()}
 
         # 5. Cross-view consistency on the mined candidates.
+        selection = None
         if consistency_on:
             unlabeled_slice = slice(len(labeled), None)
             with record_function("semi/cqc_loss"):
-                consistency, consistency_metrics = self.consistency.loss(
+                consistency, selection = self.consistency.loss(
                     self.teacher, teacher_encoded, candidates, outputs.cross_hidden[:, unlabeled_slice],
                     outputs.cross_embeddings, outputs.outputs["pred_logits"][-1, unlabeled_slice],
-                    outputs.outputs["pred_boxes"][-1, unlabeled_slice], _monitor_gt(strong))
+                    outputs.outputs["pred_boxes"][-1, unlabeled_slice])
             loss_dict[CONSISTENCY_LOSS] = consistency * (self.unsup_weight if self.consistency.scale_by_unsup_weight
                                                          else 1.0)
-            metrics.update(consistency_metrics)
         elif outputs.cross_embeddings is not None:
             # A stage without CQC (official: stage 2): keep the projector in the graph for DDP.
             loss_dict[CONSISTENCY_LOSS] = outputs.cross_embeddings.sum() * 0.0
 
+        # 6. Monitoring.
+        with record_function("semi/monitoring"):
+            metrics = {**step_metrics(pseudo, strong, candidates, selection), **self.data_metrics()}
         self.apply_update(loss_dict, data_time, extra_metrics=metrics)
         if self.visualizer is not None and self.vis_period > 0 and comm.is_main_process() \
                 and (self.iter + 1) % self.vis_period == 0:
             self.visualizer(self.iter, weak, strong, pseudo)
-
-
-def _monitor_gt(strong_views: List[Dict]):
-    """Monitoring ground truth of the strong views (normalised cxcywh), when loaded (SEMI.MONITOR_UNLABELED_GT)."""
-    if not strong_views or not all("monitor_instances" in v for v in strong_views):
-        return None
-    classes, boxes = [], []
-    for view in strong_views:
-        h, w = view["image"].shape[-2:]
-        gt = view["monitor_instances"]
-        classes.append(gt.gt_classes)
-        boxes.append(xyxy_to_cxcywh(gt.gt_boxes.tensor / torch.tensor([w, h, w, h], dtype=torch.float32)))
-    return classes, boxes
 
 
 def _clone_instances(instances):

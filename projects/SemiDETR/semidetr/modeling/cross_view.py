@@ -99,7 +99,7 @@ class CrossViewQueryEmbedding(nn.Module):
         """
         super().__init__()
         if projector not in PROJECTORS:
-            raise ValueError(f"SEMIDETR.CQC.PROJECTOR={projector!r} is not one of {PROJECTORS}")
+            raise ValueError(f"CrossViewQueryEmbedding: projector={projector!r} is not one of {PROJECTORS}")
         # detectron2's multi-level RoIAlign (torchvision's aligned roi_align): each box is pooled from
         # the level that matches its scale.
         self.pooler = ROIPooler(output_size=roi_size, scales=[1.0 / s for s in strides], sampling_ratio=0,

@@ -365,9 +365,9 @@ ONE_TO_MANY_ASSIGNERS = {
 
 
 def build_one_to_many_assigner(name: str = "task_aligned", **kwargs) -> OneToManyAssigner:
-    """The one-to-many assigner named by the config key SEMIDETR.SHM.ASSIGNER, built with `kwargs`."""
+    """The one-to-many assigner `name` (SEMIDETR.SHM.ASSIGNER), built with `kwargs`."""
     if name not in ONE_TO_MANY_ASSIGNERS:
-        raise ValueError(f"SEMIDETR.SHM.ASSIGNER: unknown one-to-many assigner {name!r}; "
+        raise ValueError(f"build_one_to_many_assigner: unknown one-to-many assigner {name!r}; "
                          f"valid names: {', '.join(ONE_TO_MANY_ASSIGNERS)}")
     return ONE_TO_MANY_ASSIGNERS[name](**kwargs)
 

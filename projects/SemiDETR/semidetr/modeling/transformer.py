@@ -184,9 +184,9 @@ class DeformableTransformer(nn.Module):
         """
         super().__init__()
         if query_init not in ("mixed", "proposal"):
-            raise ValueError(f"MODEL.DETR.QUERY_INIT must be 'mixed' or 'proposal', got {query_init!r}")
+            raise ValueError(f"query_init must be 'mixed' or 'proposal', got {query_init!r}")
         if d_model % nhead != 0:
-            raise ValueError(f"MODEL.DETR.HIDDEN_DIM ({d_model}) must be divisible by MODEL.DETR.NHEADS ({nhead})")
+            raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
         self.d_model = d_model
         self.num_classes = num_classes
         self.num_queries = num_queries

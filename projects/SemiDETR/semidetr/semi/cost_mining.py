@@ -12,16 +12,16 @@ CPM chooses which teacher boxes feed the cross-view query consistency loss:
      processes every iteration; the threshold is the mean of the low-cost (reliable) component and the
      candidates at or below it are kept (`gmm_cost_threshold`).
 
-`PseudoLabelMiner` runs one of the four Table 5 rules ("fixed", "topk", "mean_std", "gmm") on a batch
-and returns per-image keep masks, the threshold and metrics (with optional ground truth: precision and
-recall at IoU 0.5 of the selected boxes, the columns of Table 5).
+`PseudoLabelMiner` runs one of the four Table 5 rules ("fixed", "topk", "mean_std", "gmm") in the two
+steps of the trainer: `candidates` on the teacher's scores (before the student's forward), `select` among
+them (after it, against the student's predictions). It returns masks; what they are worth against the
+ground truth (Table 5's precision and recall) is measured by semi/monitoring.py.
 
 Boxes are normalised cxcywh in the student view's frame throughout (the frame of the student's
 predictions); IoU is invariant to the per-axis normalisation, so precision/recall are the pixel values.
 """
 import warnings
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,13 +32,11 @@ from sklearn.mixture import GaussianMixture
 from torch import Tensor
 from torch.profiler import record_function
 
-from ..modeling.box_ops import cxcywh_to_xyxy
 from ..modeling.matcher import pad_targets, pairwise_matching_cost
-from .pseudo_labels import match_at_iou
 
 __all__ = [
     "MINING_METHODS",
-    "MiningResult",
+    "MinedSelection",
     "PseudoLabelMiner",
     "candidate_matching_costs",
     "gmm_cost_threshold",
@@ -176,19 +174,14 @@ def gmm_cost_threshold(costs: Union[Tensor, np.ndarray, Sequence[float]], *, ran
     return float(x[index])
 
 
-@dataclass
-class MiningResult:
-    """keep: per image a (m_i,) bool mask over the teacher detections, on their device.
-    threshold: the cost threshold ("gmm", shared by all processes), the score threshold ("fixed"),
-    None for the per-image rules ("topk", "mean_std").
-    metrics: "cpm/selected_per_image", and for "gmm" "cpm/candidates_per_image" and
-    "cpm/cost_threshold" (absent when no process had a finite cost); with ground truth
-    "cpm/precision@0.5" and "cpm/recall@0.5". Values are floats or 0-d tensors (the trainer converts
-    them with one host copy)."""
+class MinedSelection(NamedTuple):
+    """keep: per image a (n_i,) bool mask over the candidates, on their device. threshold: the cost
+    threshold ("gmm", shared by all processes; -inf when no process had a finite cost), the score threshold
+    ("fixed"), None for the per-image rules ("topk", "mean_std"). method: the rule that selected."""
 
     keep: List[Tensor]
     threshold: Optional[float]
-    metrics: Dict[str, Union[float, Tensor]] = field(default_factory=dict)
+    method: str
 
 
 class PseudoLabelMiner:
@@ -201,18 +194,18 @@ class PseudoLabelMiner:
       "gmm"      CPM: the mean+std candidates whose matching cost against the student's predictions is
                  <= the GMM threshold of the batch's costs gathered from all processes.
     gather: gather the costs over processes (detectron2 comm.all_gather) for "gmm". It is a collective:
-    every process must call the miner every iteration, with or without candidates.
+    every process must call `select` every iteration, with or without candidates.
     """
 
     def __init__(self, method: str = "gmm", *, score_threshold: float = 0.4, topk: int = 9,
                  cost_class: float = 2.0, cost_giou: float = 2.0, cost_bbox: float = 5.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, gather: bool = True, random_state: int = 0):
         if method not in MINING_METHODS:
-            raise ValueError(f"SEMIDETR.CPM.METHOD={method!r} is not one of {', '.join(MINING_METHODS)}")
+            raise ValueError(f"PseudoLabelMiner: method={method!r} is not one of {', '.join(MINING_METHODS)}")
         if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"SEMIDETR.CPM.SCORE_THRESH={score_threshold} must lie in [0, 1]")
+            raise ValueError(f"PseudoLabelMiner: score_threshold={score_threshold} must lie in [0, 1]")
         if int(topk) != topk or topk < 1:
-            raise ValueError(f"SEMIDETR.CPM.TOPK={topk} must be a positive integer")
+            raise ValueError(f"PseudoLabelMiner: topk={topk} must be a positive integer")
         if cost_class == 0 and cost_giou == 0 and cost_bbox == 0:
             raise ValueError("PseudoLabelMiner: all matching costs are 0")
         self.method = method
@@ -241,16 +234,16 @@ class PseudoLabelMiner:
     @torch.no_grad()
     @record_function("semi/cpm_mining")
     def select(self, candidate_labels: Sequence[Tensor], candidate_boxes: Sequence[Tensor],
-               student_logits: Optional[Tensor] = None, student_boxes: Optional[Tensor] = None):
-        """Which candidates are kept: (per image (n_i,) masks, threshold, metrics). Only "gmm" judges the
-        candidates (their matching cost against the student, gathered over processes: a collective that
-        every process must call every iteration); the other methods keep them all.
+               student_logits: Optional[Tensor] = None, student_boxes: Optional[Tensor] = None) -> MinedSelection:
+        """Which candidates are kept. Only "gmm" judges the candidates (their matching cost against the
+        student, gathered over processes: a collective that every process must call every iteration); the
+        other methods keep them all.
 
         candidate_labels (n_i,), candidate_boxes (n_i, 4) normalised cxcywh in the student's view;
         student_logits (N, Q, K) and student_boxes (N, Q, 4) the student's matching-query predictions."""
         if self.method != "gmm":
             keep = [torch.ones_like(labels, dtype=torch.bool) for labels in candidate_labels]
-            return keep, self.score_threshold if self.method == "fixed" else None, {}
+            return MinedSelection(keep, self.score_threshold if self.method == "fixed" else None, self.method)
         counts = [len(labels) for labels in candidate_labels]
         local_costs: List[np.ndarray] = [np.zeros(0) for _ in counts]
         if sum(counts):
@@ -270,51 +263,4 @@ class PseudoLabelMiner:
         device = candidate_labels[0].device if candidate_labels else torch.device("cpu")
         # NaN/inf costs compare False: never kept.
         keep = [torch.from_numpy(cost <= threshold).to(device) for cost in local_costs]
-        metrics: Dict[str, Union[float, Tensor]] = {"cpm/candidates_per_image": float(sum(counts)) / max(len(counts), 1)}
-        if np.isfinite(threshold):  # -inf (no cost anywhere) would poison the logged average
-            metrics["cpm/cost_threshold"] = threshold
-        return keep, threshold, metrics
-
-    @torch.no_grad()
-    def __call__(self, teacher_scores: Sequence[Tensor], teacher_labels: Sequence[Tensor],
-                 teacher_boxes: Sequence[Tensor], student_logits: Optional[Tensor] = None,
-                 student_boxes: Optional[Tensor] = None, *, gt_classes: Optional[Sequence[Tensor]] = None,
-                 gt_boxes: Optional[Sequence[Tensor]] = None) -> MiningResult:
-        """`candidates` then `select` on all teacher detections.
-
-        teacher_scores (m_i,), teacher_labels (m_i,), teacher_boxes (m_i, 4) per image: the teacher's
-        detections, boxes normalised cxcywh in the student view's frame. student_logits (N, Q, K) and
-        student_boxes (N, Q, 4): the student's matching-query predictions on those views (only "gmm"
-        reads them). gt_classes (g_i,) / gt_boxes (g_i, 4, normalised cxcywh, same frame): optional
-        monitoring ground truth for precision/recall at IoU 0.5 of the selected boxes."""
-        if not len(teacher_labels) == len(teacher_boxes) == len(teacher_scores):
-            raise ValueError("PseudoLabelMiner: teacher scores, labels and boxes differ in number of images")
-        candidates = self.candidates(teacher_scores)
-        labels = [l[c] for l, c in zip(teacher_labels, candidates)]
-        boxes = [b.reshape(-1, 4)[c] for b, c in zip(teacher_boxes, candidates)]
-        kept, threshold, metrics = self.select(labels, boxes, student_logits, student_boxes)
-        keep = []
-        for candidate, kept_candidates in zip(candidates, kept):
-            mask = torch.zeros_like(candidate)
-            mask[candidate] = kept_candidates
-            keep.append(mask)
-        # Stays a device tensor: no host sync for logging.
-        metrics["cpm/selected_per_image"] = (torch.stack([k.sum() for k in keep]).float().mean() if keep
-                                             else 0.0)
-        if gt_classes is not None and gt_boxes is not None:
-            metrics.update(self._precision_recall(keep, teacher_labels, teacher_boxes, gt_classes, gt_boxes))
-        return MiningResult(keep, threshold, metrics)
-
-    @staticmethod
-    def _precision_recall(keep, labels, boxes, gt_classes, gt_boxes) -> Dict[str, float]:
-        precision_hits = recall_hits = num_selected = num_gt = 0
-        for mask, label, box, gt_label, gt_box in zip(keep, labels, boxes, gt_classes, gt_boxes):
-            selected = cxcywh_to_xyxy(box.reshape(-1, 4)[mask])
-            gt_xyxy = cxcywh_to_xyxy(gt_box.reshape(-1, 4).to(selected.device))
-            p_hits, r_hits = match_at_iou(selected, label[mask], gt_xyxy, gt_label.to(selected.device))
-            precision_hits += p_hits
-            recall_hits += r_hits
-            num_selected += len(selected)
-            num_gt += len(gt_box)
-        return {"cpm/precision@0.5": precision_hits / max(num_selected, 1),
-                "cpm/recall@0.5": recall_hits / max(num_gt, 1)}
+        return MinedSelection(keep, threshold, self.method)

@@ -26,17 +26,17 @@ Two structures (SEMIDETR.CQC.VARIANT, settings resolved by `modeling.cross_view.
 The teacher's parameters never receive gradients.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from ..data.transforms import map_boxes
+from ..data.geometry import map_instances
 from ..modeling.box_ops import xyxy_to_cxcywh
 from ..modeling.detector import CrossViewQueries
-from .cost_mining import PseudoLabelMiner
+from .cost_mining import MinedSelection, PseudoLabelMiner
 
 __all__ = ["CrossViewCandidates", "CrossViewConsistency", "consistency_loss", "CONSISTENCY_LOSSES"]
 
@@ -56,7 +56,7 @@ def consistency_loss(student: Tensor, teacher: Tensor, kind: str = "cosine", ext
         placeholder box of every image without a candidate, dino_detr_ssod.py:515-516, 575-578, 479).
     No box: an exact zero that stays in the autograd graph."""
     if kind not in CONSISTENCY_LOSSES:
-        raise ValueError(f"SEMIDETR.CQC.LOSS={kind!r} is not one of {CONSISTENCY_LOSSES}")
+        raise ValueError(f"consistency_loss: kind={kind!r} is not one of {CONSISTENCY_LOSSES}")
     if student.shape[1] == 0:
         return student.sum() * 0.0 + teacher.sum() * 0.0
     cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (L, M)
@@ -118,12 +118,11 @@ class CrossViewConsistency:
             score_threshold: tau_s of "mined_or_score".
             scale_by_unsup_weight: the trainer multiplies the loss by w_u too (the official code does).
         """
-        if loss not in CONSISTENCY_LOSSES:
-            raise ValueError(f"SEMIDETR.CQC.LOSS={loss!r} is not one of {CONSISTENCY_LOSSES}")
+        # `loss` is checked where it is interpreted (consistency_loss); the config keys in config_checks.
         if structure not in STRUCTURES:
-            raise ValueError(f"CQC structure {structure!r} is not one of {STRUCTURES} (SEMIDETR.CQC.VARIANT)")
+            raise ValueError(f"CrossViewConsistency: structure={structure!r} is not one of {STRUCTURES}")
         if candidates not in CANDIDATE_SETS:
-            raise ValueError(f"SEMIDETR.CQC.CANDIDATES={candidates!r} is not one of {CANDIDATE_SETS}")
+            raise ValueError(f"CrossViewConsistency: candidates={candidates!r} is not one of {CANDIDATE_SETS}")
         self.miner = miner
         self.structure = structure
         self.loss_kind = loss
@@ -146,12 +145,11 @@ class CrossViewConsistency:
         weak_boxes, strong_boxes, labels, scores = [], [], [], []
         for prediction, mask, weak, strong in zip(predictions, masks, weak_views, strong_views):
             selected = prediction[mask]
-            mapped, keep = map_boxes(selected.pred_boxes.tensor, weak["transform_matrix"], strong["transform_matrix"],
-                                     tuple(strong["image"].shape[-2:]), self.min_box_size)
+            mapped, keep = map_instances(selected, weak, strong, self.min_box_size)
             weak_boxes.append(selected.pred_boxes.tensor[keep])
-            strong_boxes.append(mapped)
-            labels.append(selected.pred_classes[keep])
-            scores.append(selected.scores[keep])
+            strong_boxes.append(mapped.pred_boxes.tensor)
+            labels.append(mapped.pred_classes)
+            scores.append(mapped.scores)
         counts = [len(b) for b in weak_boxes]
         sizes = dict(weak_sizes=list(teacher_encoded.images.image_sizes),
                      strong_sizes=[tuple(s["image"].shape[-2:]) for s in strong_views])
@@ -174,19 +172,19 @@ class CrossViewConsistency:
                 for c, b in zip(candidates.teacher_embeddings, candidates.strong_boxes)]
 
     def loss(self, teacher, teacher_encoded, candidates: CrossViewCandidates, student_hidden: Tensor,
-             student_embeddings: Tensor, student_logits: Tensor, student_boxes: Tensor, monitor_gt=None):
+             student_embeddings: Tensor, student_logits: Tensor,
+             student_boxes: Tensor) -> Tuple[Tensor, MinedSelection]:
         """Steps 3-4. student_hidden (L, N_u, X, C): the student's decoded cross-view queries of the N_u
         unlabeled images; student_embeddings (sum x_i, C): the embeddings the teacher decodes (c_s, or the
         official c); student_logits / student_boxes: its final predictions on those images. Returns
-        (weighted loss, metrics); the trainer multiplies it by w_u when `scale_by_unsup_weight`."""
+        (weighted loss, the MinedSelection of the candidates in the loss, for semi/monitoring.py); the
+        trainer multiplies the loss by w_u when `scale_by_unsup_weight`."""
         counts = candidates.counts
-        keep, threshold, metrics = self.miner.select(
+        selection = self.miner.select(
             candidates.labels, candidates.normalised_strong_boxes(), student_logits.detach(), student_boxes.detach())
+        keep = selection.keep
         if self.candidate_set == "mined_or_score":
             keep = [k | (s >= self.score_threshold) for k, s in zip(keep, candidates.scores)]
-        if monitor_gt is not None:
-            metrics.update(self.miner._precision_recall(
-                keep, candidates.labels, candidates.normalised_strong_boxes(), *monitor_gt))
 
         own = list(student_embeddings.split(counts))
         cross = CrossViewQueries.pad(own, candidates.normalised_weak_boxes())
@@ -207,9 +205,7 @@ class CrossViewConsistency:
             # c_s is then outside the loss; keep the student's projector in the graph (zero gradient) so
             # DDP sees the same used parameters in every step.
             loss = loss + 0.0 * student_embeddings.sum()
-        metrics["cqc/boxes_per_image"] = float(sum(counts)) / max(len(counts), 1)
-        metrics["cqc/selected_per_image"] = selected.sum().float() / max(len(counts), 1)
-        return self.loss_weight * loss, metrics
+        return self.loss_weight * loss, selection._replace(keep=keep)
 
 
 def _pad_mask(masks: List[Tensor], width: int, device) -> Tensor:
