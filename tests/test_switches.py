@@ -10,6 +10,7 @@ to what the semi-supervised step does with it.
   inputs and its projector's gradients show each key acting. Steps that differ in one key share the
   models, the images and the random draws, so their values can be compared exactly."""
 import functools
+import logging
 import os
 
 import pytest
@@ -276,3 +277,49 @@ def test_roi_size_and_projector_shape_the_cross_view_embedding():
     assert sum(len(f) for f in features) > 0 and all(f.shape[-2:] == (3, 3) for f in features)
     assert not any(isinstance(m, nn.Conv2d) for m in small_mlp.projector.modules())
     assert small_mlp.loss > 0 and any(g.abs().sum() > 0 for g in small_mlp.projector_grads)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Boundaries where a comparison decides
+def test_cqc_candidate_scoring_exactly_tau_s_joins_the_official_candidates():
+    """"mined_or_score": a candidate CPM does not keep joins the loss when its score is >= tau_s, so exactly
+    at tau_s it does (float32 scores, as predicted) and one float32 step below it does not. Two boxes: the
+    kept one agrees (cosine loss 0), the other disagrees (1 - cos = 1 at both layers)."""
+    from test_fidelity_semi import _loss_inputs
+
+    at = torch.tensor(0.4, dtype=torch.float32)
+    below = torch.nextafter(at, torch.tensor(0.0)).item()
+    union = {score: _loss_inputs(keep=(True, False), scores=(0.9, score), candidates="mined_or_score",
+                                 score_threshold=0.4)[0].item() for score in (at.item(), below)}
+    assert union[at.item()] == pytest.approx(1.0)  # (0 + 2) / 2 boxes
+    assert union[below] == pytest.approx(0.0, abs=1e-6)
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("o2m_iters, warns", [(4, True), (3, False)])
+def test_one_to_many_warning_when_t1_is_exactly_max_iter(micro_shapes, tmp_path, o2m_iters, warns):
+    """README: SEMIDETR.SHM.O2M_ITERS >= SOLVER.MAX_ITER warns that the final model is one-to-many. With T1 =
+    MAX_ITER = 4 the last iteration (3) is still one-to-many: a warning; with T1 = 3 it is one-to-one: none."""
+    from conftest import micro_config_args
+
+    opts = micro_config_args(micro_shapes, tmp_path, "DATASETS.TRAIN", "('micro_train.1@25',)",
+                             "DATASETS.TRAIN_UNLABELED", "('micro_train.1@25-unlabeled',)", "SOLVER.MAX_ITER", "4",
+                             "SEMIDETR.SHM.O2M_ITERS", str(o2m_iters))
+    messages = _Messages()
+    logging.getLogger("semidetr").addHandler(messages)
+    try:
+        setup_cfg(default_argument_parser().parse_args(
+            ["--config-file", os.path.join(REPO_ROOT, "configs/quick_schedules/semidetr_shapes10_cpu.yaml"), *opts]),
+            for_training=False)
+    finally:
+        logging.getLogger("semidetr").removeHandler(messages)
+    warned = [m for m in messages.messages if "SEMIDETR.SHM.O2M_ITERS" in m and "one-to-many" in m]
+    assert bool(warned) == warns, messages.messages
