@@ -279,6 +279,16 @@ def test_roi_size_and_projector_shape_the_cross_view_embedding():
     assert small_mlp.loss > 0 and any(g.abs().sum() > 0 for g in small_mlp.projector_grads)
 
 
+def test_cqc_stages_decide_in_which_stage_the_consistency_loss_is_trained():
+    """SEMIDETR.CQC.STAGES: the official variant's ['one_to_many'] has no consistency loss in the one-to-one
+    stage (SHM off: every iteration is one-to-one; the projector stays in the graph with a zero loss);
+    ['one_to_one'] trains it there."""
+    official = cqc_step("SEMIDETR.SHM.ENABLED", "False")
+    assert official.metrics.get(CONSISTENCY_LOSS, 0.0) == 0.0 and "cqc/boxes_per_image" not in official.metrics
+    one_to_one = cqc_step("SEMIDETR.SHM.ENABLED", "False", "SEMIDETR.CQC.STAGES", "['one_to_one']")
+    assert one_to_one.loss > 0 and one_to_one.candidates() > 0
+
+
 # ----------------------------------------------------------------------------------------------------
 # Boundaries where a comparison decides
 def test_cqc_candidate_scoring_exactly_tau_s_joins_the_official_candidates():
