@@ -121,16 +121,20 @@ class _Recording(nn.Module):
 
 
 def _views(image):
-    """A weak view (the image) and a strong view (its mirror image): the two models see different pixels."""
-    flip = torch.tensor([[-1.0, 0, 64], [0, 1, 0], [0, 0, 1]])
+    """A weak view (the 64x64 image) and a strong view (its mirror image at 48x48): the two models see other
+    pixels, and the student's initial boxes (on the grids of its feature maps) lie elsewhere in the strong
+    view than the teacher's boxes mapped into it, so the boxes' matching costs are not 0."""
+    strong = nn.functional.interpolate(image[None].float(), size=(48, 48), mode="bilinear", align_corners=False)
+    matrix = torch.tensor([[-0.75, 0, 48], [0, 0.75, 0], [0, 0, 1]])
     return {"weak": {"image": image, "transform_matrix": torch.eye(3), "height": 64, "width": 64},
-            "strong": {"image": image.flip(-1), "transform_matrix": flip, "height": 64, "width": 64}}
+            "strong": {"image": strong[0].round().to(torch.uint8).flip(-1), "transform_matrix": matrix,
+                       "height": 48, "width": 48}}
 
 
 class CqcStep:
     """One Semi-DETR step (SHM in its one-to-many stage, CQC on, official variant unless overridden) of the
-    tiny DINO on 2 unlabeled 64x64 images (no labeled image: CQC concerns the unlabeled ones), the parts
-    built from the config."""
+    tiny DINO on 2 unlabeled images (no labeled image: CQC concerns the unlabeled ones), the parts built from
+    the config."""
 
     def __init__(self, opts):
         cfg = tiny_detector_cfg()
@@ -168,7 +172,7 @@ class CqcStep:
         return self.metrics[CONSISTENCY_LOSS]
 
     def candidates(self):
-        """Cross-view candidates of the 2 unlabeled images (a mirror image: the mapping drops none)."""
+        """Cross-view candidates of the 2 unlabeled images (a scaled mirror image: the mapping drops none)."""
         return round(self.metrics["cqc/boxes_per_image"] * 2)
 
     def selected(self):
