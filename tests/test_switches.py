@@ -136,7 +136,7 @@ class CqcStep:
     tiny DINO on 2 unlabeled images (no labeled image: CQC concerns the unlabeled ones), the parts built from
     the config."""
 
-    def __init__(self, opts):
+    def __init__(self, opts, widen_student_boxes=False):
         cfg = tiny_detector_cfg()
         cfg.SEMI.ENABLED = cfg.SEMIDETR.SHM.ENABLED = cfg.SEMIDETR.CQC.ENABLED = True
         cfg.SEMIDETR.SHM.O2M_ITERS = 100
@@ -145,6 +145,11 @@ class CqcStep:
         torch.manual_seed(0)
         student = Trainer.build_model(cfg).train()
         teacher = build_teacher(student)
+        if widen_student_boxes:  # a student whose boxes differ from the teacher's: every cost term counts
+            with torch.no_grad():
+                for name, value in student.named_parameters():
+                    if name.startswith("transformer.bbox_embed.") and name.endswith("layers.2.bias"):
+                        value[2:] += 1.0
         predict, self.teacher_scores = teacher.predict, []
 
         def recording_predict(views, **kwargs):
@@ -183,8 +188,8 @@ class CqcStep:
 
 
 @functools.lru_cache(maxsize=None)
-def cqc_step(*opts) -> CqcStep:
-    return CqcStep(opts)
+def cqc_step(*opts, widen_student_boxes=False) -> CqcStep:
+    return CqcStep(opts, widen_student_boxes)
 
 
 # Keys whose effects are checked separately share a step (each step costs about a second).
@@ -208,10 +213,11 @@ def test_cpm_method_topk_and_score_thresh_choose_the_cqc_candidates():
 def test_cpm_cost_weights_weigh_the_matching_cost():
     """SEMIDETR.CPM.COST_CLASS / COST_GIOU / COST_BBOX: all three doubled, every matching cost doubles (the
     matching itself is unchanged), and so does the GMM's cost threshold of the batch. A weight left out
-    would change the costs' proportions instead."""
-    default = cqc_step()
+    would change the costs' proportions instead. (The student's boxes are widened, so that its predictions
+    differ from the teacher's boxes and the L1 and GIoU terms are not ~0.)"""
+    default = cqc_step(widen_student_boxes=True)
     doubled = cqc_step("SEMIDETR.CPM.COST_CLASS", "4.0", "SEMIDETR.CPM.COST_GIOU", "4.0",
-                       "SEMIDETR.CPM.COST_BBOX", "10.0")
+                       "SEMIDETR.CPM.COST_BBOX", "10.0", widen_student_boxes=True)
     assert doubled.metrics["cpm/cost_threshold"] == pytest.approx(2 * default.metrics["cpm/cost_threshold"], rel=1e-5)
     assert doubled.selected() == default.selected()
 
