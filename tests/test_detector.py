@@ -45,7 +45,7 @@ def test_predict_frames():
         assert torch.isclose(scaled, box.clamp(min=0), atol=1e-2).all(1).any()
 
 
-def test_images_with_fewer_positions_than_queries():
+def test_images_with_fewer_positions_than_queries_give_finite_losses():
     cfg = tiny_detector_cfg()
     cfg.MODEL.DETR.NUM_QUERIES = 200
     model = build_model(cfg)

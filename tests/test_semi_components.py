@@ -113,7 +113,7 @@ def test_consistency_loss_gradient_pulls_embeddings_together():
     assert nn.functional.cosine_similarity(moved, teacher, dim=-1) > nn.functional.cosine_similarity(student, teacher, dim=-1)
 
 
-def test_cross_view_embedding_pools_the_box_level():
+def test_cross_view_embedding_gives_one_embedding_per_box_and_trains_every_parameter():
     embed = CrossViewQueryEmbedding(8, strides=[8, 16, 32, 64], roi_size=7)
     features = [torch.randn(2, 8, 64 // s * 8, 64 // s * 8) for s in (8, 16, 32, 64)]
     boxes = [torch.tensor([[0.0, 0, 20, 20], [10, 10, 500, 500]]), torch.zeros(0, 4)]

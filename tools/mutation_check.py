@@ -4,6 +4,7 @@ notice. Not part of CI (it runs the selected tests once per mutant).
 
     python tools/mutation_check.py                 # every mutant
     python tools/mutation_check.py --only ema_     # mutants whose name contains "ema_"
+    python tools/mutation_check.py --only ema_,cpm # ... "ema_" or "cpm"
     python tools/mutation_check.py --list
 
 Each mutant is (name, file, original line, mutated line, pytest selection). The tracked and untracked
@@ -28,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = "projects/SemiDETR/semidetr/"
 WIRING = "tests/test_semi_wiring.py"
 RELIABILITY = "tests/test_reliability.py"
+SWITCHES = "tests/test_switches.py"
+STEP_DATA = "tests/test_semi_step_data.py"
 
 # (name, file, original line (stripped; matched against stripped lines), mutated line, pytest selection)
 MUTANTS = [
@@ -51,12 +54,12 @@ MUTANTS = [
      "assignment = stage", "assignment = ONE_TO_ONE",
      [WIRING + "::test_one_to_many_stage_changes_the_assignment_of_both_groups"]),
     ("step_empty_weight_for_every_image", PKG + "engine/semi_trainer.py",
-     '"class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
-     '"class_loss_weight": self.empty_image_class_weight}',
+     '"assignment": assignment, "class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
+     '"assignment": assignment, "class_loss_weight": self.empty_image_class_weight}',
      [WIRING + "::test_ignore_policy_leaves_images_with_pseudo_labels_alone_and_monitoring_never_reaches_a_loss"]),
     ("step_ignore_policy_dropped", PKG + "engine/semi_trainer.py",
-     '"class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
-     '"class_loss_weight": 1.0}',
+     '"assignment": assignment, "class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
+     '"assignment": assignment, "class_loss_weight": 1.0}',
      ["tests/test_engine.py::test_semi_step_without_pseudo_labels"]),
     ("step_cqc_in_every_stage", PKG + "engine/semi_trainer.py",
      "consistency_on = self.consistency is not None and self.consistency.active(stage)",
@@ -148,6 +151,130 @@ MUTANTS = [
 ]
 
 
+MUTANTS += [
+    # --- the semi-supervised step's data metrics and images without pseudo labels (engine/semi_trainer.py)
+    ("step_data_metrics_labeled_only", PKG + "engine/semi_trainer.py",
+     "self.mapper_stats.update(labeled + unlabeled)", "self.mapper_stats.update(labeled)",
+     [STEP_DATA + "::test_semi_step_logs_the_unlabeled_streams_skipped_images_as_data_metrics"]),
+    ("step_data_metrics_dropped", PKG + "engine/semi_trainer.py",
+     "metrics = {**pseudo.metrics, **self.data_metrics()}", "metrics = {**pseudo.metrics}",
+     [STEP_DATA + "::test_semi_step_logs_the_unlabeled_streams_skipped_images_as_data_metrics"]),
+    ("step_ignore_policy_dropped_mixed_batch", PKG + "engine/semi_trainer.py",
+     '"assignment": assignment, "class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
+     '"assignment": assignment, "class_loss_weight": 1.0}',
+     [STEP_DATA + "::test_image_without_pseudo_labels_is_background_or_left_out_of_the_unsupervised_loss"]),
+    ("step_empty_weight_for_every_image_mixed_batch", PKG + "engine/semi_trainer.py",
+     '"assignment": assignment, "class_loss_weight": 1.0 if len(labels) else self.empty_image_class_weight}',
+     '"assignment": assignment, "class_loss_weight": self.empty_image_class_weight}',
+     [STEP_DATA + "::test_image_without_pseudo_labels_is_background_or_left_out_of_the_unsupervised_loss"]),
+    ("step_policies_swapped", PKG + "engine/semi_trainer.py",
+     'IMAGES_WITHOUT_PSEUDO_LABELS = {"background": 1.0, "ignore": 0.0}',
+     'IMAGES_WITHOUT_PSEUDO_LABELS = {"background": 0.0, "ignore": 1.0}',
+     [STEP_DATA + "::test_image_without_pseudo_labels_is_background_or_left_out_of_the_unsupervised_loss"]),
+    # --- the pseudo-label rule's switches (engine/trainer.py, engine/semi_trainer.py, semi/pseudo_labels.py)
+    ("trainer_ignores_mean_std_floor", PKG + "engine/trainer.py",
+     "return PseudoLabeler(cfg.SEMI.PSEUDO_SCORE_THRESH, cfg.INPUT.AUG.MIN_BOX_SIZE, cfg.SEMI.PSEUDO_MEAN_STD_FLOOR)",
+     "return PseudoLabeler(cfg.SEMI.PSEUDO_SCORE_THRESH, cfg.INPUT.AUG.MIN_BOX_SIZE)",
+     [SWITCHES + "::test_mean_std_floor_keeps_only_the_detections_above_their_images_mean_plus_std"]),
+    ("pseudo_floor_without_std", PKG + "semi/pseudo_labels.py",
+     "keep &= mean_std_candidates(predictions.scores)", "keep &= predictions.scores >= predictions.scores.mean()",
+     [SWITCHES + "::test_mean_std_floor_keeps_only_the_detections_above_their_images_mean_plus_std"]),
+    ("trainer_always_clips_pseudo_boxes", PKG + "engine/trainer.py",
+     "clip_pseudo_boxes=cfg.SEMI.PSEUDO_CLIP_BOXES,", "clip_pseudo_boxes=True,",
+     [SWITCHES + "::test_clip_boxes_clips_the_teachers_boxes_to_the_weak_view"]),
+    ("step_never_clips_pseudo_boxes", PKG + "engine/semi_trainer.py",
+     "weak, return_encoded=True, nms_thresh=self.pseudo_nms_thresh, clip=self.clip_pseudo_boxes)",
+     "weak, return_encoded=True, nms_thresh=self.pseudo_nms_thresh, clip=False)",
+     [SWITCHES + "::test_clip_boxes_clips_the_teachers_boxes_to_the_weak_view"]),
+    # --- CPM's keys (engine/trainer.py build_cross_view_consistency)
+    ("trainer_cpm_method_fixed", PKG + "engine/trainer.py",
+     "miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,",
+     'miner = PseudoLabelMiner("gmm", score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,',
+     [SWITCHES + "::test_cpm_method_topk_and_score_thresh_choose_the_cqc_candidates"]),
+    ("trainer_cpm_score_thresh_fixed", PKG + "engine/trainer.py",
+     "miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,",
+     "miner = PseudoLabelMiner(cpm.METHOD, score_threshold=0.4, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,",
+     [SWITCHES + "::test_cpm_method_topk_and_score_thresh_choose_the_cqc_candidates"]),
+    ("trainer_cpm_topk_fixed", PKG + "engine/trainer.py",
+     "miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,",
+     "miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=9, cost_class=cpm.COST_CLASS,",
+     [SWITCHES + "::test_cpm_method_topk_and_score_thresh_choose_the_cqc_candidates"]),
+    ("trainer_cpm_cost_class_fixed", PKG + "engine/trainer.py",
+     "miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=cpm.COST_CLASS,",
+     "miner = PseudoLabelMiner(cpm.METHOD, score_threshold=cpm.SCORE_THRESH, topk=cpm.TOPK, cost_class=2.0,",
+     [SWITCHES + "::test_cpm_cost_weights_weigh_the_matching_cost"]),
+    ("trainer_cpm_cost_giou_fixed", PKG + "engine/trainer.py",
+     "cost_giou=cpm.COST_GIOU, cost_bbox=cpm.COST_BBOX, focal_alpha=cfg.MODEL.DETR.FOCAL_ALPHA,",
+     "cost_giou=2.0, cost_bbox=cpm.COST_BBOX, focal_alpha=cfg.MODEL.DETR.FOCAL_ALPHA,",
+     [SWITCHES + "::test_cpm_cost_weights_weigh_the_matching_cost"]),
+    ("trainer_cpm_cost_bbox_fixed", PKG + "engine/trainer.py",
+     "cost_giou=cpm.COST_GIOU, cost_bbox=cpm.COST_BBOX, focal_alpha=cfg.MODEL.DETR.FOCAL_ALPHA,",
+     "cost_giou=cpm.COST_GIOU, cost_bbox=5.0, focal_alpha=cfg.MODEL.DETR.FOCAL_ALPHA,",
+     [SWITCHES + "::test_cpm_cost_weights_weigh_the_matching_cost"]),
+    # --- CQC's keys (engine/trainer.py, modeling/cross_view.py resolve_cqc, modeling/detector.py)
+    ("trainer_cqc_structure_fixed", PKG + "engine/trainer.py",
+     'miner, structure=settings["structure"], loss=settings["loss"], loss_weight=settings["loss_weight"],',
+     'miner, structure="official", loss=settings["loss"], loss_weight=settings["loss_weight"],',
+     [SWITCHES + "::test_variant_decides_what_the_student_decodes_and_grad_through_teacher_what_trains_its_projector"]),
+    ("trainer_cqc_loss_fixed", PKG + "engine/trainer.py",
+     'miner, structure=settings["structure"], loss=settings["loss"], loss_weight=settings["loss_weight"],',
+     'miner, structure=settings["structure"], loss="cosine", loss_weight=settings["loss_weight"],',
+     [SWITCHES + "::test_paper_variant_is_not_scaled_by_w_u_and_its_loss_key_picks_the_form"]),
+    ("trainer_cqc_loss_weight_fixed", PKG + "engine/trainer.py",
+     'miner, structure=settings["structure"], loss=settings["loss"], loss_weight=settings["loss_weight"],',
+     'miner, structure=settings["structure"], loss=settings["loss"], loss_weight=10.0,',
+     [SWITCHES + "::test_cqc_loss_weight_and_the_official_unsupervised_weight_scale_the_consistency_loss"]),
+    ("trainer_cqc_grad_through_teacher_fixed", PKG + "engine/trainer.py",
+     'stages=settings["stages"], grad_through_teacher=cqc.GRAD_THROUGH_TEACHER,',
+     'stages=settings["stages"], grad_through_teacher=True,',
+     [SWITCHES + "::test_variant_decides_what_the_student_decodes_and_grad_through_teacher_what_trains_its_projector"]),
+    ("trainer_cqc_candidates_fixed", PKG + "engine/trainer.py",
+     'min_box_size=cfg.INPUT.AUG.MIN_BOX_SIZE, candidates=settings["candidates"],',
+     'min_box_size=cfg.INPUT.AUG.MIN_BOX_SIZE, candidates="mined_or_score",',
+     [SWITCHES + "::test_cqc_candidates_mined_or_score_adds_the_boxes_at_or_above_tau_s"]),
+    ("trainer_cqc_always_scaled_by_w_u", PKG + "engine/trainer.py",
+     'score_threshold=cfg.SEMI.PSEUDO_SCORE_THRESH, scale_by_unsup_weight=settings["scale_by_unsup_weight"])',
+     'score_threshold=cfg.SEMI.PSEUDO_SCORE_THRESH, scale_by_unsup_weight=True)',
+     [SWITCHES + "::test_paper_variant_is_not_scaled_by_w_u_and_its_loss_key_picks_the_form"]),
+    ("trainer_cqc_candidate_tau_fixed", PKG + "engine/trainer.py",
+     'score_threshold=cfg.SEMI.PSEUDO_SCORE_THRESH, scale_by_unsup_weight=settings["scale_by_unsup_weight"])',
+     'score_threshold=0.4, scale_by_unsup_weight=settings["scale_by_unsup_weight"])',
+     [SWITCHES + "::test_cqc_candidates_mined_or_score_adds_the_boxes_at_or_above_tau_s"]),
+    ("cqc_candidates_strictly_above_tau", PKG + "semi/query_consistency.py",
+     "keep = [k | (s >= self.score_threshold) for k, s in zip(keep, candidates.scores)]",
+     "keep = [k | (s > self.score_threshold) for k, s in zip(keep, candidates.scores)]",
+     [SWITCHES + "::test_cqc_candidate_scoring_exactly_tau_s_joins_the_official_candidates"]),
+    ("trainer_cqc_stages_fixed", PKG + "engine/trainer.py",
+     'stages=settings["stages"], grad_through_teacher=cqc.GRAD_THROUGH_TEACHER,',
+     'stages=("one_to_many",), grad_through_teacher=cqc.GRAD_THROUGH_TEACHER,',
+     [SWITCHES + "::test_cqc_stages_decide_in_which_stage_the_consistency_loss_is_trained"]),
+    ("resolve_cqc_ignores_stages", PKG + "modeling/cross_view.py",
+     'resolved["stages"] = tuple(cqc.STAGES)', "pass",
+     [SWITCHES + "::test_cqc_stages_decide_in_which_stage_the_consistency_loss_is_trained"]),
+    ("resolve_cqc_ignores_loss_weight", PKG + "modeling/cross_view.py",
+     'resolved["loss_weight"] = float(cqc.LOSS_WEIGHT)', "pass",
+     [SWITCHES + "::test_cqc_loss_weight_and_the_official_unsupervised_weight_scale_the_consistency_loss"]),
+    ("resolve_cqc_ignores_loss", PKG + "modeling/cross_view.py",
+     'resolved["loss"] = cqc.LOSS', "pass",
+     [SWITCHES + "::test_paper_variant_is_not_scaled_by_w_u_and_its_loss_key_picks_the_form"]),
+    ("resolve_cqc_ignores_candidates", PKG + "modeling/cross_view.py",
+     'resolved["candidates"] = cqc.CANDIDATES', "pass",
+     [SWITCHES + "::test_cqc_candidates_mined_or_score_adds_the_boxes_at_or_above_tau_s"]),
+    ("resolve_cqc_ignores_projector", PKG + "modeling/cross_view.py",
+     'resolved["projector"] = cqc.PROJECTOR', "pass",
+     [SWITCHES + "::test_roi_size_and_projector_shape_the_cross_view_embedding"]),
+    ("detector_roi_size_fixed", PKG + "modeling/detector.py",
+     '"cross_view_roi_size": cfg.SEMIDETR.CQC.ROI_SIZE if cfg.SEMIDETR.CQC.ENABLED else 0,',
+     '"cross_view_roi_size": 7 if cfg.SEMIDETR.CQC.ENABLED else 0,',
+     [SWITCHES + "::test_roi_size_and_projector_shape_the_cross_view_embedding"]),
+    # --- the warning of a run that ends before T1 (engine/config_checks.py)
+    ("config_warns_only_beyond_max_iter", PKG + "engine/config_checks.py",
+     "if shm.ENABLED and shm.O2M_ITERS >= cfg.SOLVER.MAX_ITER:",
+     "if shm.ENABLED and shm.O2M_ITERS > cfg.SOLVER.MAX_ITER:",
+     [SWITCHES + "::test_one_to_many_warning_when_t1_is_exactly_max_iter"]),
+]
+
+
 def _copy_repo(destination: str) -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
                            stdout=subprocess.PIPE, text=True).stdout.split("\n")
@@ -173,12 +300,13 @@ def _mutate(text: str, original: str, mutated: str):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="", help="run the mutants whose name contains this")
+    parser.add_argument("--only", default="", help="run the mutants whose name contains this (several: comma-separated)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per mutant")
     parser.add_argument("--report", default="", help="write the Markdown table here")
     args = parser.parse_args()
-    mutants = [m for m in MUTANTS if args.only in m[0]]
+    wanted = args.only.split(",")
+    mutants = [m for m in MUTANTS if any(part in m[0] for part in wanted)]
     if args.list:
         for name, path, *_ in mutants:
             print(f"{name:40s} {path}")
