@@ -20,8 +20,8 @@ from helpers import synthetic_input, tiny_detector_cfg
 from semidetr.data.mappers import mapper_stats
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.semi_trainer import SemiTrainer
-from semidetr.engine.trainer import Trainer
 from semidetr.engine.train_loop import DetrTrainer
+from semidetr.engine.trainer import Trainer
 from semidetr.semi.pseudo_labels import PseudoLabeler
 
 SSOD_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/ssod_baseline_shapes10_cpu.yaml")
