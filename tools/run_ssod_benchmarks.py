@@ -162,11 +162,18 @@ def extend_finished_shorter_run(out_dir):
     return source
 
 
+def evaluations_of(records):
+    """(the evaluation records of a run, their key prefix: the teacher's for semi-supervised runs)."""
+    evaluations = [m for m in records if any(k.endswith("bbox/AP") for k in m)]
+    prefix = "teacher/bbox/" if evaluations and "teacher/bbox/AP" in evaluations[-1] else "bbox/"
+    return evaluations, prefix
+
+
 def final_ap(metrics_file):
     """The last evaluation of a run: AP and AP50 of its model (the teacher's for semi-supervised runs)."""
-    evaluations = [json.loads(line) for line in open(metrics_file)]
-    last = [m for m in evaluations if any(k.endswith("bbox/AP") for k in m)][-1]
-    prefix = "teacher/bbox/" if "teacher/bbox/AP" in last else "bbox/"
+    with open(metrics_file) as f:
+        evaluations, prefix = evaluations_of([json.loads(line) for line in f if line.strip()])
+    last = evaluations[-1]
     return {"AP": last[prefix + "AP"], "AP50": last[prefix + "AP50"], "iteration": last["iteration"]}
 
 
@@ -267,10 +274,9 @@ def summarize_run(run_dir):
     records = read_metrics(run_dir)
     if records is None:
         return None
-    evaluations = [m for m in records if any(k.endswith("bbox/AP") for k in m)]
+    evaluations, prefix = evaluations_of(records)
     if not evaluations:
         return None
-    prefix = "teacher/bbox/" if "teacher/bbox/AP" in evaluations[-1] else "bbox/"
     last_iteration = max(m["iteration"] for m in records)
     pseudo = {}
     for key in PSEUDO_METRICS:
