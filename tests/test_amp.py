@@ -21,10 +21,10 @@ SEMIDETR_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/semidetr_shap
 
 
 def _trainer(config, opts):
-    from semidetr.engine.trainer import Trainer
+    from semidetr.engine.trainer import build_trainer
 
     cfg = setup_cfg(default_argument_parser().parse_args(["--config-file", config, *opts]), for_training=False)
-    return Trainer(cfg)
+    return build_trainer(cfg)
 
 
 def _run_steps(trainer, steps):

@@ -84,11 +84,11 @@ def _cuda_trainer(config, opts):
     from detectron2.engine import default_argument_parser
 
     from semidetr.engine.defaults import setup_cfg
-    from semidetr.engine.trainer import Trainer
+    from semidetr.engine.trainer import build_trainer
 
     cfg = setup_cfg(default_argument_parser().parse_args(["--config-file", config, *opts, "MODEL.DEVICE", "cuda"]),
                     for_training=False)
-    return Trainer(cfg)
+    return build_trainer(cfg)
 
 
 def _steps(trainer, steps):

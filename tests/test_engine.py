@@ -49,7 +49,7 @@ def test_supervised_train_then_eval_only(micro_shapes, tmp_path):
     # Checkpoint round trip: what was saved is what a model loads.
     saved = _state(out / "model_final.pth")["model"]
     from semidetr.engine.defaults import setup_cfg
-    from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
+    from semidetr.engine.trainer import SemiSupervisedTrainer, Trainer, build_trainer, load_weights_for_evaluation
     cfg = setup_cfg(default_argument_parser().parse_args(
         ["--config-file", SUP_CONFIG, *micro_config_args(micro_shapes, tmp_path / "x")]), for_training=False)
     model = Trainer.build_model(cfg)
@@ -72,8 +72,10 @@ def test_supervised_train_then_eval_only(micro_shapes, tmp_path):
     semi_cfg = setup_cfg(default_argument_parser().parse_args(
         ["--config-file", SSOD_CONFIG, *_semi_args(micro_shapes, tmp_path / "semi_init", "MODEL.WEIGHTS",
                                                    str(out / "model_final.pth"))]), for_training=False)
-    trainer = Trainer(semi_cfg)
+    trainer = build_trainer(semi_cfg)
     trainer.resume_or_load(resume=False)
+    # The two modes are two classes: SEMI.ENABLED picks the teacher-student trainer.
+    assert type(trainer) is SemiSupervisedTrainer and set(trainer.models()) == {"teacher", "student"}
     for name, value in trainer.models()["teacher"].state_dict().items():
         torch.testing.assert_close(value, saved[name])
         torch.testing.assert_close(trainer.models()["student"].state_dict()[name], saved[name])

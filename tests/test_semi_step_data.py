@@ -21,7 +21,7 @@ from semidetr.data.mappers import mapper_stats
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.semi_trainer import SemiTrainer
 from semidetr.engine.train_loop import DetrTrainer
-from semidetr.engine.trainer import Trainer
+from semidetr.engine.trainer import build_trainer
 from semidetr.semi.pseudo_labels import PseudoLabeler
 
 SSOD_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/ssod_baseline_shapes10_cpu.yaml")
@@ -65,7 +65,7 @@ def test_semi_step_logs_the_unlabeled_streams_skipped_images_as_data_metrics(
         "False", "SEMI.VIS_PERIOD", "0", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "1")
     cfg = setup_cfg(default_argument_parser().parse_args(["--config-file", SSOD_CONFIG, *opts]))
     before = mapper_stats()
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     after = mapper_stats()

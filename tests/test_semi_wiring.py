@@ -20,7 +20,7 @@ from torchvision.ops import box_iou
 
 from conftest import REPO_ROOT, micro_config_args
 from semidetr.engine.defaults import setup_cfg
-from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
+from semidetr.engine.trainer import Trainer, build_trainer, load_weights_for_evaluation
 from semidetr.semi.pseudo_labels import PseudoLabeler
 
 SSOD_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/ssod_baseline_shapes10_cpu.yaml")
@@ -104,7 +104,7 @@ class Run:
         recorder = _LogRecorder()
         logging.getLogger("semidetr").addHandler(recorder)
         try:
-            trainer = Trainer(self.cfg)
+            trainer = build_trainer(self.cfg)
             trainer.resume_or_load(resume=False)
             self.initial_teacher = _copy_state(trainer.models()["teacher"])
             trainer.train()

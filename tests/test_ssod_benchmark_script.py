@@ -210,3 +210,67 @@ def test_extension_waits_for_the_shorter_runs_final_evaluation(script, tmp_path)
     assert [ap for _, ap in script.summarize_run(str(seed_dir / "burn_in100"))["curve"]] == [5.0, 7.0]
     with open(seed_dir / "burn_in200" / "metrics.json") as f:
         assert '"bbox/AP": 7.0' in f.read()
+
+
+def _flat_config(config_path, opts=()):
+    from detectron2.config import get_cfg
+
+    from semidetr.config import add_semidetr_config
+
+    cfg = get_cfg()
+    add_semidetr_config(cfg)
+    cfg.merge_from_file(config_path)
+    cfg.merge_from_list(list(opts))
+
+    def flatten(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(flatten(cfg))
+
+
+def _changed(before, after, ignore=("SOLVER.", "OUTPUT_DIR")):
+    return {key: value for key, value in after.items() if before[key] != value and not key.startswith(ignore)}
+
+
+@pytest.mark.parametrize("setting", ["shapes_lite", "bccd10"])
+def test_a_rows_component_is_its_ablation_configs_delta(script, setting):
+    """What a row changes on the setting's config is what its configs/ablations/ file changes on its COCO base
+    (same keys, same values), besides the row's schedule (T1 = half its iterations, no EMA warm-up)."""
+    args = SimpleNamespace(iters=100)
+    semidetr_config = os.path.join(script.QUICK, script.SETTINGS[setting][2])
+    ssod_config = os.path.join(script.QUICK, script.SETTINGS[setting][1])
+    assert set(script.ROW_ABLATIONS) == {"shm", "shm_cqc", "ssod_ignore_empty"}
+    for row, ablation in script.ROW_ABLATIONS.items():
+        path = os.path.join(script.ABLATIONS, ablation)
+        coco_base = os.path.normpath(os.path.join(script.ABLATIONS, _base_of(path)))
+        expected = _changed(_flat_config(coco_base), _flat_config(path))
+        assert expected, ablation
+        base = os.path.join(script.QUICK, script.row_config(row, setting))
+        assert base == (ssod_config if row.startswith("ssod") else semidetr_config)
+        opts = script.row_overrides(row, args)
+        schedule = {"SEMI.EMA_WARMUP": False} if row.startswith("ssod") else {
+            "SEMI.EMA_WARMUP": False, "SEMIDETR.SHM.O2M_ITERS": 50}
+        got = _changed(_flat_config(base), _flat_config(base, opts))
+        assert {k: v for k, v in got.items() if k not in schedule} == expected, row
+        assert all(got.get(k, _flat_config(base)[k]) == v for k, v in schedule.items()), row
+    # Semi-DETR is the setting's config itself; sup-only has no component.
+    assert script.row_overrides("sup_only", args) == []
+    assert script.row_overrides("semidetr", args) == ["SEMI.EMA_WARMUP", "False", "SEMIDETR.SHM.O2M_ITERS", "50"]
+
+
+def _base_of(path):
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)["_BASE_"]
+
+
+def test_an_ablation_config_without_a_component_is_refused(script, tmp_path, monkeypatch):
+    (tmp_path / "empty.yaml").write_text('_BASE_: "x.yaml"\nSOLVER:\n  MAX_ITER: 10\n')
+    monkeypatch.setattr(script, "ABLATIONS", str(tmp_path))
+    with pytest.raises(ValueError, match="empty.yaml sets no component key"):
+        script.ablation_overrides("empty.yaml")

@@ -24,7 +24,13 @@ from helpers import synthetic_input, tiny_detector_cfg
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.semi_trainer import CONSISTENCY_LOSS, SemiTrainer
 from semidetr.engine.stage import StageSchedule
-from semidetr.engine.trainer import Trainer, build_cross_view_consistency, build_pseudo_labeler, build_teacher
+from semidetr.engine.trainer import (
+    Trainer,
+    build_cross_view_consistency,
+    build_pseudo_labeler,
+    build_teacher,
+    build_trainer,
+)
 from test_semi_wiring import _opts, wide_box_weights  # noqa: F401 (the fixture)
 
 SSOD_CONFIG = os.path.join(REPO_ROOT, "configs/quick_schedules/ssod_baseline_shapes10_cpu.yaml")
@@ -40,7 +46,7 @@ class _TeacherRun:
     def __init__(self, specs, out, weights, *overrides):
         opts = _opts(specs, out, "MODEL.WEIGHTS", weights, *overrides)
         cfg = setup_cfg(default_argument_parser().parse_args(["--config-file", SSOD_CONFIG, *opts]))
-        trainer = Trainer(cfg)
+        trainer = build_trainer(cfg)
         trainer.resume_or_load(resume=False)
         teacher = trainer.models()["teacher"]
         predict, self.predictions, self.view_sizes = teacher.predict, [], []

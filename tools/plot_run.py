@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from semidetr.engine.semi_trainer import CONSISTENCY_LOSS, UNSUP_PREFIX  # noqa: E402
+
 logger = logging.getLogger("semidetr.plot_run")
 
 Series = Dict[str, Tuple[List[int], List[float]]]
@@ -31,7 +33,6 @@ Series = Dict[str, Tuple[List[int], List[float]]]
 AP_KEY = re.compile(r"(^|/)bbox/AP$")  # "teacher/bbox/AP", "bbox/AP", "teacher/<test set>/bbox/AP"
 PSEUDO_PREFIXES = ("pseudo/", "cpm/")
 QUALITY_WORDS = ("precision", "recall", "duplicate")
-CONSISTENCY_LOSS = "loss_consistency"
 
 
 def read_metrics(path: str) -> Dict[str, Dict[int, float]]:
@@ -74,7 +75,7 @@ def _summed(values: Dict[str, Dict[int, float]], keys: List[str]) -> Dict[int, f
 def panels(values: Dict[str, Dict[int, float]]) -> Dict[str, Series]:
     """The panels (title -> label -> series) that have data, in drawing order."""
     loss_terms = sorted(k for k in values if k.startswith("loss_") and k != CONSISTENCY_LOSS)
-    unsup_terms = sorted(k for k in values if k.startswith("unsup_"))
+    unsup_terms = sorted(k for k in values if k.startswith(UNSUP_PREFIX))
     pseudo = sorted(k for k in values if k.startswith(PSEUDO_PREFIXES))
     per_image = [k for k in pseudo if k.startswith("pseudo/") and "per_image" in k]
     quality = [k for k in pseudo if k not in per_image and any(w in k for w in QUALITY_WORDS)]

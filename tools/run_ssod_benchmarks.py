@@ -11,8 +11,9 @@ For each setting and each seed (seed k also picks fold k of the labeled split):
      unlabeled by default) and sup-only takes that many labeled images per step (its burn-in used the full
      batch; the burn-in's final AP is reported beside it). The rows differ only in their component: every
      semi-supervised row, the SSOD baseline included, makes pseudo labels by the same rule (the config
-     defaults: the official class-aware NMS at IoU 0.6 on boxes clipped to the weak view, SEMI.*), and the
-     CQC rows use the configs' CQC (SEMIDETR.CQC.VARIANT, official by default);
+     defaults: the official class-aware NMS at IoU 0.6 on boxes clipped to the weak view, SEMI.*), the
+     CQC rows use the configs' CQC (SEMIDETR.CQC.VARIANT, official by default), and a row's component is
+     what its configs/ablations/ file (ROW_ABLATIONS) sets on its COCO base;
   3. the ceiling: supervised training with 100% of the labels for --burn-in + --iters iterations (one per
      full labeled set and seed, shared by the settings that use it), with its curve.
 --jobs runs train at a time, earlier seeds and settings first (a later seed's burn-in fills a slot while
@@ -46,6 +47,7 @@ from statistics import mean, stdev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs/quick_schedules")
+ABLATIONS = os.path.join(REPO, "configs/ablations")
 
 SETTINGS = {
     # name: (supervised config, SSOD config, Semi-DETR config, labeled split of fold {fold}, full labeled set)
@@ -190,21 +192,53 @@ def labeled_per_step(config):
     return cfg.SOLVER.IMS_PER_BATCH * labeled // (labeled + unlabeled)
 
 
+# A Table-4 row's component is its ablation config's delta (configs/ablations/), applied to the setting's
+# Semi-DETR or SSOD config: one home for what a row changes.
+ROW_ABLATIONS = {"shm": "table4_shm.yaml", "shm_cqc": "table4_shm_cqc.yaml",
+                 "ssod_ignore_empty": "ssod_ignore_empty.yaml"}
+# Keys of an ablation config that are not its component: the base config, the schedule (the script's budget
+# decides it) and where it writes.
+NOT_A_COMPONENT = ("_BASE_", "SOLVER", "OUTPUT_DIR")
+
+
+def ablation_overrides(config_name):
+    """KEY VALUE pairs (for merge_from_list) of the keys an ablation config sets on top of its _BASE_."""
+    import yaml
+
+    path = os.path.join(ABLATIONS, config_name)
+    with open(path) as f:
+        delta = yaml.safe_load(f) or {}
+
+    def flatten(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", str(value)
+
+    pairs = [pair for key, value in delta.items() if key not in NOT_A_COMPONENT
+             for pair in flatten({key: value}, "")]
+    if not pairs:
+        raise ValueError(f"{path} sets no component key (only {', '.join(NOT_A_COMPONENT)}): a row needs one")
+    return [item for pair in pairs for item in pair]
+
+
+def row_config(row, setting):
+    """The config a row trains: the setting's supervised, SSOD or Semi-DETR config."""
+    sup_config, ssod_config, semidetr_config = SETTINGS[setting][:3]
+    return sup_config if row == "sup_only" else (ssod_config if row.startswith("ssod") else semidetr_config)
+
+
 def row_overrides(row, args):
-    """The component of a row (the SEMI settings, pseudo-label rule included, are the configs' own)."""
+    """The row's component (its ablation config's delta) and its schedule: T1 = half of the row's
+    iterations for the SHM rows. The SEMI settings, pseudo-label rule included, are the configs' own."""
     if row == "sup_only":
         return []
-    half = str(args.iters // 2)
-    ssod = ["SEMIDETR.SHM.ENABLED", "False", "SEMIDETR.CQC.ENABLED", "False"]
+    component = ablation_overrides(ROW_ABLATIONS[row]) if row in ROW_ABLATIONS else []
+    schedule = [] if row.startswith("ssod") else ["SEMIDETR.SHM.O2M_ITERS", str(args.iters // 2)]
     # The teacher starts from the burn-in: no EMA warm-up, which would make it a copy of the student
     # during the first ~1 / (1 - m) iterations.
-    return ["SEMI.EMA_WARMUP", "False", *{
-        "ssod_baseline": ssod,
-        "ssod_ignore_empty": [*ssod, "SEMI.IMAGES_WITHOUT_PSEUDO_LABELS", "ignore"],
-        "shm": ["SEMIDETR.SHM.O2M_ITERS", half, "SEMIDETR.CQC.ENABLED", "False"],
-        "shm_cqc": ["SEMIDETR.SHM.O2M_ITERS", half, "SEMIDETR.CPM.METHOD", "mean_std"],
-        "semidetr": ["SEMIDETR.SHM.O2M_ITERS", half],
-    }[row]]
+    return ["SEMI.EMA_WARMUP", "False", *component, *schedule]
 
 
 def run_dirs(setting, seed, args):
@@ -242,7 +276,7 @@ def run_setting(setting, seed, args, queue, priority):
                      [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)], threads, True)
         rows = {}
         for step, row in enumerate(args.rows, start=2):
-            config = sup_config if row == "sup_only" else (ssod_config if row.startswith("ssod") else semidetr_config)
+            config = row_config(row, setting)
             split = splits["sup" if row == "sup_only" else "semi"]
             rows[row] = queue.submit((*priority, step), run_training, config, dirs[row],
                                      [*common, *weights, *split, *row_overrides(row, args)], threads)

@@ -13,7 +13,7 @@ from detectron2.engine import default_argument_parser, launch
 
 from semidetr.engine.checkpoint import last_checkpoint
 from semidetr.engine.defaults import setup_cfg, shutdown_distributed
-from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
+from semidetr.engine.trainer import Trainer, build_trainer, load_weights_for_evaluation
 
 # A script's __name__ is "__main__": the tools log under "semidetr.<tool>", whose handler setup_cfg installs.
 logger = logging.getLogger("semidetr.train_net")
@@ -38,7 +38,7 @@ def train_or_evaluate(args):
             "--eval-only: scoring the %s weights of %s (saved in training stage %s: %s)", which, path, stage,
             f"class-aware NMS at IoU {model.test_nms_thresh}" if model.test_nms_thresh > 0 else "NMS-free")
         return Trainer.test(cfg, model, prefix=which)
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

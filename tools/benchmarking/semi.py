@@ -92,7 +92,7 @@ class TrainerRunner:
         from semidetr import add_semidetr_config
         from semidetr.data.datasets.catalog import register_datasets_from_config
         from semidetr.engine.config_checks import check_config
-        from semidetr.engine.trainer import Trainer
+        from semidetr.engine.trainer import build_trainer
 
         logging.basicConfig(level=logging.WARNING)
         for name in ("detectron2", "semidetr", "fvcore"):
@@ -116,7 +116,7 @@ class TrainerRunner:
         seed_all_rng(seed)
         torch.manual_seed(seed)
         self.cfg = cfg
-        self.trainer = Trainer(cfg)
+        self.trainer = build_trainer(cfg)
         self.trainer.resume_or_load(resume=False)
         self.storage = EventStorage(0)
         self.storage.__enter__()

@@ -10,7 +10,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from detectron2.data import build_detection_test_loader
@@ -37,14 +37,14 @@ from .solver import build_optimizer
 from .stage import ONE_TO_ONE, StageLogHook, StageSchedule, evaluation_nms, test_nms_threshold
 from .train_loop import DetrTrainer, amp_dtype_from_config
 
-__all__ = ["Trainer", "build_teacher", "load_weights_for_evaluation"]
+__all__ = ["SemiSupervisedTrainer", "Trainer", "build_teacher", "build_trainer", "load_weights_for_evaluation"]
 
 logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
-    """Supervised training of DINO / Deformable DETR, or (SEMI.ENABLED) teacher-student training with
-    Semi-DETR's components as configured (SEMIDETR.*)."""
+    """Supervised training of DINO / Deformable DETR (detectron2's DefaultTrainer workflow). Its
+    semi-supervised mode is the subclass `SemiSupervisedTrainer`; `build_trainer(cfg)` picks by SEMI.ENABLED."""
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -52,47 +52,42 @@ class Trainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
-        self.semi = cfg.SEMI.ENABLED
         student = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, student)
-        # The teacher is a plain module (never DDP-wrapped) in eval mode without gradients; it is made
-        # equal to the student after DDP has synchronised the student across processes (below), and again
-        # after weights are loaded (resume_or_load).
-        self.teacher = build_teacher(student) if self.semi else None
-        data_loader = build_semi_train_loader(cfg) if self.semi else self.build_train_loader(cfg)
+        data_loader = self.build_train_loader(cfg)
         # detectron2 pins DDP to the local GPU; a CPU process group (gloo) needs device_ids=None.
         ddp_device = {} if student.device.type == "cuda" else {"device_ids": None}
         model = create_ddp_model(student, broadcast_buffers=False, **ddp_device)
-        loop_args = dict(clip_grad_norm=self.clip_grad_norm(cfg), clip_norm_type=cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE,
-                         max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS, amp_dtype=amp_dtype_from_config(cfg))
-        checkpointables = {}
         # The one owner of the training stage: every reader derives it from the iteration through this.
         self.stage_schedule = StageSchedule.from_config(cfg)
-        if self.semi:
-            self.ema = EmaUpdater(self.teacher, student)
-            self.ema.copy_student()
-            self._trainer = SemiTrainer(
-                model, self.teacher, data_loader, optimizer, pseudo_labeler=build_pseudo_labeler(cfg),
-                unsup_weight=cfg.SEMI.UNSUP_LOSS_WEIGHT,
-                pseudo_label_denoising_stages=cfg.SEMI.PSEUDO_LABEL_DENOISING,
-                stage_schedule=self.stage_schedule, pseudo_nms_thresh=cfg.SEMI.PSEUDO_NMS_THRESH,
-                clip_pseudo_boxes=cfg.SEMI.PSEUDO_CLIP_BOXES,
-                one_to_many_for_labeled=cfg.SEMIDETR.SHM.APPLY_TO_LABELED,
-                consistency=build_cross_view_consistency(cfg),
-                images_without_pseudo_labels=cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS,
-                visualizer=PseudoLabelVisualizer(cfg) if cfg.SEMI.VIS_PERIOD > 0 else None,
-                vis_period=cfg.SEMI.VIS_PERIOD, **loop_args)
-            self.teacher_checkpointable = ModuleCheckpointable(self.teacher)
-            checkpointables["teacher"] = self.teacher_checkpointable
-        else:
-            self._trainer = DetrTrainer(model, data_loader, optimizer, **loop_args)
+        self._trainer = self.build_train_loop(
+            cfg, model, data_loader, optimizer, clip_grad_norm=self.clip_grad_norm(cfg),
+            clip_norm_type=cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE, max_nonfinite_steps=cfg.SOLVER.MAX_NONFINITE_STEPS,
+            amp_dtype=amp_dtype_from_config(cfg))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SemiDetrCheckpointer(
             model, cfg.OUTPUT_DIR, atomic=cfg.SOLVER.ATOMIC_CHECKPOINTS, cfg=cfg, trainer=weakref.proxy(self),
-            **checkpointables)
+            **self.extra_checkpointables())
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.register_hooks(self.build_hooks())
+
+    def build_train_loop(self, cfg, model, data_loader, optimizer, **loop_args) -> DetrTrainer:
+        """The step (a detectron2 SimpleTrainer): one supervised forward/backward per iteration."""
+        return DetrTrainer(model, data_loader, optimizer, **loop_args)
+
+    def extra_checkpointables(self) -> Dict[str, object]:
+        """Checkpointables saved beside the model and the trainer state."""
+        return {}
+
+    def model_update_hooks(self) -> List[hooks.HookBase]:
+        """Hooks that change models after the optimizer step; they run before the checkpointer and the
+        evaluation, so both see this iteration's models."""
+        return []
+
+    def evaluated_models(self) -> Dict[str, nn.Module]:
+        """What periodic evaluation scores, by the prefix of its metrics ("" for none)."""
+        return {"": self.models()["model"]}
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -106,8 +101,7 @@ class Trainer(DefaultTrainer):
         return self._trainer.last_step_skipped
 
     def models(self) -> Dict[str, nn.Module]:
-        student = _unwrap(self._trainer.model)
-        return {"teacher": self.teacher, "student": student} if self.semi else {"model": student}
+        return {"model": _unwrap(self._trainer.model)}
 
     def resume_or_load(self, resume=True):
         """`--resume`: continue from the last checkpoint (student, teacher, optimizer, scheduler, iteration
@@ -116,8 +110,6 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         # The data stream continues at the first iteration that has not run (0 for a new run).
         self._trainer.data_loader.start_at(self.start_iter)
-        if self.semi and not self.teacher_checkpointable.loaded:
-            self.ema.copy_student()
 
     def state_dict(self):
         state = super().state_dict()
@@ -180,10 +172,7 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         cfg = self.cfg
-        ret = [hooks.IterationTimer(), hooks.LRScheduler(), StageLogHook()]
-        if self.semi:
-            # Before the checkpointer and the evaluation, so both see the teacher of this iteration.
-            ret.append(EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM, cfg.SEMI.EMA_WARMUP))
+        ret = [hooks.IterationTimer(), hooks.LRScheduler(), StageLogHook(), *self.model_update_hooks()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(TeacherStudentEvalHook(cfg.TEST.EVAL_PERIOD, self.evaluation_functions()))
@@ -192,22 +181,16 @@ class Trainer(DefaultTrainer):
         return ret
 
     def evaluation_functions(self) -> Dict[str, Callable[[], Dict]]:
-        """What periodic evaluation scores: the model, or the teacher and/or student (SEMI.EVAL_MODELS).
-        Evaluation leaves torch's RNG as it found it (its data loader would otherwise draw from it), so a
-        resumed run sees the same random numbers as an uninterrupted one."""
-        models = self.models()
-        names = list(models) if not self.semi else list(self.cfg.SEMI.EVAL_MODELS)
-        unknown = set(names) - set(models)
-        if unknown:
-            raise ValueError(f"SEMI.EVAL_MODELS has {sorted(unknown)}: use 'teacher' and/or 'student'")
-
-        def evaluate(name):
+        """One function per evaluated model (`evaluated_models`). Evaluation leaves torch's RNG as it found
+        it (its data loader would otherwise draw from it), so a resumed run sees the same random numbers as
+        an uninterrupted one."""
+        def evaluate(prefix, model):
             # Evaluation NMS follows the stage of the model being scored, for this evaluation only.
-            with torch.random.fork_rng(devices=[]), \
-                    evaluation_nms(models[name], test_nms_threshold(self.cfg, self.stage)):
-                return self.test(self.cfg, models[name], prefix=name if self.semi else "")
+            with torch.random.fork_rng(devices=[]), evaluation_nms(model, test_nms_threshold(self.cfg, self.stage)):
+                return self.test(self.cfg, model, prefix=prefix)
 
-        return {name: (lambda n=name: evaluate(n)) for name in names}
+        return {prefix or "model": (lambda p=prefix, m=model: evaluate(p, m))
+                for prefix, model in self.evaluated_models().items()}
 
     @classmethod
     def test(cls, cfg, model, evaluators=None, prefix: str = ""):
@@ -226,6 +209,63 @@ class Trainer(DefaultTrainer):
         if len(results) == 1:
             results = list(results.values())[0]
         return {prefix: results} if prefix else results
+
+
+class SemiSupervisedTrainer(Trainer):
+    """Teacher-student training (SEMI.ENABLED) with Semi-DETR's components as configured (SEMIDETR.*): the
+    step is `SemiTrainer` (engine/semi_trainer.py), the teacher an EMA of the student (EmaTeacherHook),
+    saved as the checkpointable "teacher"; periodic evaluation scores SEMI.EVAL_MODELS."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_semi_train_loader(cfg)
+
+    def build_train_loop(self, cfg, model, data_loader, optimizer, **loop_args) -> SemiTrainer:
+        # The teacher is a plain module (never DDP-wrapped) in eval mode without gradients, copied from the
+        # student after DDP has synchronised it across processes, and again after weights are loaded
+        # (resume_or_load).
+        student = _unwrap(model)
+        self.teacher = build_teacher(student)
+        self.ema = EmaUpdater(self.teacher, student)
+        self.teacher_checkpointable = ModuleCheckpointable(self.teacher)
+        return SemiTrainer(
+            model, self.teacher, data_loader, optimizer, pseudo_labeler=build_pseudo_labeler(cfg),
+            unsup_weight=cfg.SEMI.UNSUP_LOSS_WEIGHT,
+            pseudo_label_denoising_stages=cfg.SEMI.PSEUDO_LABEL_DENOISING,
+            stage_schedule=self.stage_schedule, pseudo_nms_thresh=cfg.SEMI.PSEUDO_NMS_THRESH,
+            clip_pseudo_boxes=cfg.SEMI.PSEUDO_CLIP_BOXES,
+            one_to_many_for_labeled=cfg.SEMIDETR.SHM.APPLY_TO_LABELED,
+            consistency=build_cross_view_consistency(cfg),
+            images_without_pseudo_labels=cfg.SEMI.IMAGES_WITHOUT_PSEUDO_LABELS,
+            visualizer=PseudoLabelVisualizer(cfg) if cfg.SEMI.VIS_PERIOD > 0 else None,
+            vis_period=cfg.SEMI.VIS_PERIOD, **loop_args)
+
+    def extra_checkpointables(self):
+        return {"teacher": self.teacher_checkpointable}
+
+    def model_update_hooks(self):
+        cfg = self.cfg
+        return [EmaTeacherHook(self.ema, cfg.SEMI.EMA_MOMENTUM, cfg.SEMI.EMA_WARMUP)]
+
+    def models(self):
+        return {"teacher": self.teacher, "student": _unwrap(self._trainer.model)}
+
+    def evaluated_models(self):
+        models = self.models()
+        unknown = set(self.cfg.SEMI.EVAL_MODELS) - set(models)
+        if unknown:
+            raise ValueError(f"SEMI.EVAL_MODELS has {sorted(unknown)}: use 'teacher' and/or 'student'")
+        return {name: models[name] for name in self.cfg.SEMI.EVAL_MODELS}
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if not self.teacher_checkpointable.loaded:
+            self.ema.copy_student()
+
+
+def build_trainer(cfg) -> Trainer:
+    """The trainer of a config: `SemiSupervisedTrainer` if SEMI.ENABLED, else the supervised `Trainer`."""
+    return (SemiSupervisedTrainer if cfg.SEMI.ENABLED else Trainer)(cfg)
 
 
 def build_pseudo_labeler(cfg) -> PseudoLabeler:
