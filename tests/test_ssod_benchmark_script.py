@@ -132,10 +132,10 @@ def _write_run(run_dir, evaluations, pseudo=None, teacher=False, iterations=100)
 
 
 def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script, tmp_path):
-    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=list(script.ROWS), seeds=[1, 2, 3],
-                           settings=["shapes_lite"], out=str(tmp_path))
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=[*script.ROWS, "sup_only_ema"],
+                           seeds=[1, 2, 3], settings=["shapes_lite"], out=str(tmp_path))
     final = {"sup_only": (20, 22, 24), "ssod_baseline": (21, 23, 25), "shm": (22, 24, 26), "shm_cqc": (23, 25, 27),
-             "semidetr": (30, 31, 32), "ceiling": (40, 42, 44)}
+             "semidetr": (30, 31, 32), "ceiling": (40, 42, 44), "sup_only_ema": (24, 25, 26)}
     for seed in (1, 2, 3):
         dirs = script.run_dirs("shapes_lite", seed, args)
         # Burn-in curve: +5 AP over the first 3/4, +0.5 over the last quarter -> a plateau.
@@ -143,7 +143,8 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
         for run, values in final.items():
             early = {i: {"pseudo/precision@0.5": 0.0} for i in range(0, 50, 10)}  # the first half does not count
             late = {i: {"pseudo/precision@0.5": 0.9, "pseudo/recall@0.5": 0.5} for i in range(50, 100, 10)}
-            _write_run(dirs[run], [(99, float(values[seed - 1]))], {**early, **late}, teacher=run in script.SEMI_ROWS)
+            _write_run(dirs[run], [(99, float(values[seed - 1]))], {**early, **late},
+                       teacher=run in (*script.SEMI_ROWS, "sup_only_ema"))
     text = script.table(script.collect(args), args)
     lines = text.splitlines()
     assert "| Row | seed 1 | seed 2 | seed 3 | mean | std |" in lines
@@ -154,6 +155,10 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
     assert any(line.startswith("Semi-DETR - sup-only = +9.0 AP; twice the larger std = 4.0 AP: above.") for line in lines)
     assert "SSOD baseline - sup-only = +1.0 AP." in lines
     assert "| SSOD baseline | 0.900 | 0.500 | - | - |" in lines
+    # The EMA control: its own row, and the part of Semi-DETR's gain the unlabeled images bring.
+    assert "| sup-only + EMA teacher (w_u 0) | 24.0 | 25.0 | 26.0 | 25.0 | 1.0 |" in lines
+    assert "Semi-DETR - (sup-only + EMA teacher) = +6.0 AP; sup-only + EMA teacher - sup-only = +3.0 AP." in lines
+    assert not any(line.startswith("| sup-only + EMA teacher (w_u 0) | 0.900") for line in lines)  # no pseudo row
     assert any(line.startswith("- burn_in seed 1: 100: 10.0, 200: 15.0, 300: 15.5; gain over the last quarter +0.5 AP "
                                "(plateau)") for line in lines)
 
@@ -243,17 +248,18 @@ def test_a_rows_component_is_its_ablation_configs_delta(script, setting):
     args = SimpleNamespace(iters=100)
     semidetr_config = os.path.join(script.QUICK, script.SETTINGS[setting][2])
     ssod_config = os.path.join(script.QUICK, script.SETTINGS[setting][1])
-    assert set(script.ROW_ABLATIONS) == {"shm", "shm_cqc", "ssod_ignore_empty"}
+    assert set(script.ROW_ABLATIONS) == {"shm", "shm_cqc", "ssod_ignore_empty", "sup_only_ema"}
+    assert set(script.ROW_BASES) == set(script.ROWS + script.EXTRA_ROWS)
     for row, ablation in script.ROW_ABLATIONS.items():
         path = os.path.join(script.ABLATIONS, ablation)
         coco_base = os.path.normpath(os.path.join(script.ABLATIONS, _base_of(path)))
         expected = _changed(_flat_config(coco_base), _flat_config(path))
         assert expected, ablation
         base = os.path.join(script.QUICK, script.row_config(row, setting))
-        assert base == (ssod_config if row.startswith("ssod") else semidetr_config)
+        with_shm = row in ("shm", "shm_cqc")
+        assert base == (semidetr_config if with_shm else ssod_config)
         opts = script.row_overrides(row, args)
-        schedule = {"SEMI.EMA_WARMUP": False} if row.startswith("ssod") else {
-            "SEMI.EMA_WARMUP": False, "SEMIDETR.SHM.O2M_ITERS": 50}
+        schedule = {"SEMI.EMA_WARMUP": False, **({"SEMIDETR.SHM.O2M_ITERS": 50} if with_shm else {})}
         got = _changed(_flat_config(base), _flat_config(base, opts))
         assert {k: v for k, v in got.items() if k not in schedule} == expected, row
         assert all(got.get(k, _flat_config(base)[k]) == v for k, v in schedule.items()), row

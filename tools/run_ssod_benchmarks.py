@@ -62,11 +62,13 @@ SETTINGS = {
 }
 ROWS = ("sup_only", "ssod_baseline", "shm", "shm_cqc", "semidetr")
 SEMI_ROWS = ROWS[1:]
-# Not Table 4: the SSOD baseline without loss on unlabeled images that have no pseudo label.
-EXTRA_ROWS = ("ssod_ignore_empty",)
+# Not Table 4: the SSOD baseline without loss on unlabeled images that have no pseudo label; the EMA control
+# (the SSOD baseline with w_u 0: sup-only's labeled images and the semi rows' EMA teacher, no unlabeled loss).
+EXTRA_ROWS = ("ssod_ignore_empty", "sup_only_ema")
 ROW_TITLES = {"sup_only": "sup-only", "ssod_baseline": "SSOD baseline", "shm": "+ SHM",
               "shm_cqc": "+ SHM + CQC", "semidetr": "Semi-DETR", "ceiling": "100% labels",
-              "ssod_ignore_empty": "SSOD baseline, SEMI.IMAGES_WITHOUT_PSEUDO_LABELS ignore"}
+              "ssod_ignore_empty": "SSOD baseline, SEMI.IMAGES_WITHOUT_PSEUDO_LABELS ignore",
+              "sup_only_ema": "sup-only + EMA teacher (w_u 0)"}
 # Logged by the semi-supervised rows (semidetr/semi/pseudo_labels.py), averaged over the second half of a run.
 PSEUDO_METRICS = ("pseudo/precision@0.5", "pseudo/recall@0.5", "pseudo/duplicates@0.5", "pseudo/labels_per_image")
 # The burn-in has reached its plateau when its AP gains less than this over the last quarter of its iterations.
@@ -195,7 +197,10 @@ def labeled_per_step(config):
 # A Table-4 row's component is its ablation config's delta (configs/ablations/), applied to the setting's
 # Semi-DETR or SSOD config: one home for what a row changes.
 ROW_ABLATIONS = {"shm": "table4_shm.yaml", "shm_cqc": "table4_shm_cqc.yaml",
-                 "ssod_ignore_empty": "ssod_ignore_empty.yaml"}
+                 "ssod_ignore_empty": "ssod_ignore_empty.yaml", "sup_only_ema": "sup_only_ema.yaml"}
+# Which of the setting's configs a row starts from: 0 supervised, 1 SSOD baseline, 2 Semi-DETR.
+ROW_BASES = {"sup_only": 0, "ssod_baseline": 1, "ssod_ignore_empty": 1, "sup_only_ema": 1,
+             "shm": 2, "shm_cqc": 2, "semidetr": 2}
 # Keys of an ablation config that are not its component: the base config, the schedule (the script's budget
 # decides it) and where it writes.
 NOT_A_COMPONENT = ("_BASE_", "SOLVER", "OUTPUT_DIR")
@@ -225,8 +230,7 @@ def ablation_overrides(config_name):
 
 def row_config(row, setting):
     """The config a row trains: the setting's supervised, SSOD or Semi-DETR config."""
-    sup_config, ssod_config, semidetr_config = SETTINGS[setting][:3]
-    return sup_config if row == "sup_only" else (ssod_config if row.startswith("ssod") else semidetr_config)
+    return SETTINGS[setting][ROW_BASES[row]]
 
 
 def row_overrides(row, args):
@@ -235,7 +239,7 @@ def row_overrides(row, args):
     if row == "sup_only":
         return []
     component = ablation_overrides(ROW_ABLATIONS[row]) if row in ROW_ABLATIONS else []
-    schedule = [] if row.startswith("ssod") else ["SEMIDETR.SHM.O2M_ITERS", str(args.iters // 2)]
+    schedule = ["SEMIDETR.SHM.O2M_ITERS", str(args.iters // 2)] if ROW_BASES[row] == 2 else []
     # The teacher starts from the burn-in: no EMA warm-up, which would make it a copy of the student
     # during the first ~1 / (1 - m) iterations.
     return ["SEMI.EMA_WARMUP", "False", *component, *schedule]
@@ -397,7 +401,12 @@ def table(results, args):
                 margin = 2 * max(stats["sup_only"][1], semi_std)
                 lines += [f"Semi-DETR - sup-only = {semi - sup:+.1f} AP; twice the larger std = {margin:.1f} AP: "
                           + ("above." if semi - sup > margin else "not above."), ""]
-        pseudo_rows = [run for run in rows if run != "sup_only"]
+        ema = stats.get("sup_only_ema", (None, None))[0]
+        if ema is not None and semi is not None:
+            # The part of the gain that the unlabeled images bring: against the same EMA teacher without them.
+            lines += [f"Semi-DETR - (sup-only + EMA teacher) = {semi - ema:+.1f} AP; sup-only + EMA teacher - sup-only = "
+                      + (f"{ema - sup:+.1f} AP." if sup is not None else "-."), ""]
+        pseudo_rows = [run for run in rows if run not in ("sup_only", "sup_only_ema")]
         if pseudo_rows:
             lines += ["Pseudo labels (mean over the seeds of each run's second half; IoU 0.5 against the unlabeled "
                       "images' hidden ground truth):", "",
