@@ -163,6 +163,15 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
                                "(plateau)") for line in lines)
 
 
+def test_an_evaluation_repeated_by_a_resume_counts_once_with_its_later_value(script, tmp_path):
+    run_dir = tmp_path / "run"
+    # Killed after the evaluation at 199, resumed from the checkpoint at 100: 199 is evaluated again.
+    _write_run(str(run_dir), [(99, 10.0), (199, 12.0), (199, 13.0), (300, 15.0)])
+    summary = script.summarize_run(str(run_dir))
+    assert summary["curve"] == [(99, 10.0), (199, 13.0), (300, 15.0)]
+    assert summary["AP"] == 15.0
+
+
 def test_an_unfinished_run_is_reported_as_missing(script, tmp_path):
     args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=["sup_only"], seeds=[1],
                            settings=["shapes_lite"], out=str(tmp_path))

@@ -167,8 +167,11 @@ def extend_finished_shorter_run(out_dir):
 
 
 def evaluations_of(records):
-    """(the evaluation records of a run, their key prefix: the teacher's for semi-supervised runs)."""
-    evaluations = [m for m in records if any(k.endswith("bbox/AP") for k in m)]
+    """(the evaluation records of a run in iteration order, their key prefix: the teacher's for semi-supervised
+    runs). An iteration evaluated twice (a run killed after an evaluation and resumed from an earlier
+    checkpoint) counts once, with its later record."""
+    by_iteration = {m["iteration"]: m for m in records if any(k.endswith("bbox/AP") for k in m)}
+    evaluations = [by_iteration[i] for i in sorted(by_iteration)]
     prefix = "teacher/bbox/" if evaluations and "teacher/bbox/AP" in evaluations[-1] else "bbox/"
     return evaluations, prefix
 
