@@ -7,7 +7,7 @@
 #   3. the COCO AP of both (Semi-DETR: its teacher), and PNGs of the teacher's predictions.
 # It is tools/run_ssod_benchmarks.py at a small budget (two rows, one seed, no 100%-labels ceiling).
 #
-#   bash tools/demo.sh                                   # DEMO_BURN_IN=500 DEMO_ITERS=200: 15 min on 2 idle cores
+#   bash tools/demo.sh                                   # DEMO_BURN_IN=500 DEMO_ITERS=200: 12 min on 2 idle cores
 #   DEMO_BURN_IN=5000 DEMO_ITERS=1000 bash tools/demo.sh # seed 1 of BENCHMARKS.md "Evidence: shapes_lite" (hours)
 #   DEMO_ROWS="sup_only sup_only_ema semidetr" bash tools/demo.sh  # with the EMA-teacher control row (one more semi-supervised run)
 # A finished run is not trained again: a second call with the same budget only prints and draws.
