@@ -89,7 +89,7 @@ def _planned_runs(script, tmp_path, monkeypatch, **overrides):
 
     monkeypatch.setattr(script, "run_training", fake_run_training)
     args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=list(script.ROWS), jobs=1, threads=1,
-                           out=str(tmp_path), no_ceiling=False)
+                           out=str(tmp_path), no_ceiling=False, device="cpu")
     for key, value in overrides.items():
         setattr(args, key, value)
     script.run_setting("shapes_lite", 2, args, script.JobQueue(1), (0, 0))
@@ -114,6 +114,9 @@ def test_every_row_sees_the_same_labeled_images_per_step_of_the_seeds_fold(scrip
     for config, opts in rows.values():
         assert opts["MODEL.WEIGHTS"].endswith("shapes_lite/seed2/burn_in300/model_final.pth")
         assert opts["SOLVER.MAX_ITER"] == "100" and opts["SEED"] == "2" and opts["TEST.EVAL_PERIOD"] == "0"
+    assert all(opts["MODEL.DEVICE"] == "cpu" for _, opts in runs.values())
+    on_gpu = _planned_runs(script, tmp_path / "gpu", monkeypatch, device="cuda")
+    assert len(on_gpu) == len(runs) and all(opts["MODEL.DEVICE"] == "cuda" for _, opts in on_gpu.values())
     ceiling = runs["ceiling_shapes_lite_train/seed2/ceiling400"][1]
     assert ceiling["DATASETS.TRAIN"] == "('shapes_lite_train',)" and ceiling["SOLVER.MAX_ITER"] == "400"
     assert "ceiling_shapes_lite_train/seed2/ceiling400" not in _planned_runs(script, tmp_path, monkeypatch,

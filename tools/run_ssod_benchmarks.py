@@ -264,7 +264,8 @@ def run_setting(setting, seed, args, queue, priority):
     sup_config, ssod_config, semidetr_config, labeled_split, full = SETTINGS[setting]
     labeled = labeled_split.format(fold=seed)
     dirs = run_dirs(setting, seed, args)
-    common = ["SEED", str(seed), "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "1"]
+    common = ["SEED", str(seed), "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "1",
+              "MODEL.DEVICE", args.device]
     curve = ["TEST.EVAL_PERIOD", str(args.curve_period)]  # after `common`: the later value wins
     threads = max(1, args.threads // args.jobs)
     per_step = labeled_per_step(ssod_config)
@@ -447,6 +448,10 @@ def main():
                         help="rows to run (the burn-in and the ceiling always run)")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads shared by the jobs")
+    parser.add_argument("--device", default="cpu",
+                        help="MODEL.DEVICE of every run (the configs' is cpu); 'cuda': the same runs on the GPU, "
+                             "--jobs of them sharing it. The run directories do not name it: a finished run is "
+                             "reused whichever device trained it")
     parser.add_argument("--out", default=os.path.join(REPO, "output/ssod_benchmarks"))
     parser.add_argument("--no-ceiling", action="store_true", help="do not train the 100%%-labels ceiling")
     parser.add_argument("--report", action="store_true", help="write the tables from the finished runs; train nothing")
