@@ -76,6 +76,8 @@ def test_supervised_train_then_eval_only(micro_shapes, tmp_path):
     trainer.resume_or_load(resume=False)
     # The two modes are two classes: SEMI.ENABLED picks the teacher-student trainer.
     assert type(trainer) is SemiSupervisedTrainer and set(trainer.models()) == {"teacher", "student"}
+    with pytest.raises(ValueError, match="SEMI.ENABLED=True needs SemiSupervisedTrainer, not Trainer"):
+        Trainer(semi_cfg)  # would otherwise train on the labeled images only, silently
     for name, value in trainer.models()["teacher"].state_dict().items():
         torch.testing.assert_close(value, saved[name])
         torch.testing.assert_close(trainer.models()["student"].state_dict()[name], saved[name])

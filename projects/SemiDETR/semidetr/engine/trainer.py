@@ -50,6 +50,11 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        if cfg.SEMI.ENABLED != isinstance(self, SemiSupervisedTrainer):
+            # A semi-supervised config trained by the supervised class would silently ignore its unlabeled data.
+            raise ValueError(f"SEMI.ENABLED={cfg.SEMI.ENABLED} needs "
+                             f"{'SemiSupervisedTrainer' if cfg.SEMI.ENABLED else 'Trainer'}, not "
+                             f"{type(self).__name__}: build the trainer with build_trainer(cfg)")
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
         student = self.build_model(cfg)
