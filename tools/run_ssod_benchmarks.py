@@ -14,6 +14,9 @@ For each setting and each seed (seed k also picks fold k of the labeled split):
      defaults: the official class-aware NMS at IoU 0.6 on boxes clipped to the weak view, SEMI.*), the
      CQC rows use the configs' CQC (SEMIDETR.CQC.VARIANT, official by default), and a row's component is
      what its configs/ablations/ file (ROW_ABLATIONS) sets on its COCO base;
+     the extra row sup_only_ema (--rows) is the control for the EMA teacher: the SSOD baseline at w_u 0,
+     i.e. sup-only's labeled images scored by an EMA teacher, which a teacher-scored row must beat before
+     its gain is credited to the unlabeled images;
   3. the ceiling: supervised training with 100% of the labels for --burn-in + --iters iterations (one per
      full labeled set and seed, shared by the settings that use it), with its curve.
 --jobs runs train at a time, earlier seeds and settings first (a later seed's burn-in fills a slot while
