@@ -1,4 +1,7 @@
 """Small configs and inputs shared by the tests."""
+import contextlib
+import logging
+
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
@@ -37,3 +40,20 @@ def synthetic_input(height: int, width: int, num_boxes: int, num_classes: int = 
     instances.gt_boxes = Boxes(torch.cat([top_left, top_left + size], 1))
     instances.gt_classes = torch.randint(0, num_classes, (num_boxes,), generator=generator)
     return {"image": image, "instances": instances, "height": height, "width": width}
+
+
+@contextlib.contextmanager
+def recorded_log_messages(logger_name: str = "semidetr", level: int = logging.INFO):
+    """The messages `logger_name` (and its children) log at `level` or above inside the block, as a list."""
+    messages = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    recorder = Recorder(level)
+    logging.getLogger(logger_name).addHandler(recorder)
+    try:
+        yield messages
+    finally:
+        logging.getLogger(logger_name).removeHandler(recorder)

@@ -19,6 +19,7 @@ from detectron2.engine import default_argument_parser
 from torchvision.ops import box_iou
 
 from conftest import REPO_ROOT, micro_config_args
+from helpers import recorded_log_messages
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.trainer import Trainer, build_trainer, load_weights_for_evaluation
 from semidetr.semi.pseudo_labels import PseudoLabeler
@@ -85,15 +86,6 @@ def _opts(specs, out, *overrides):
         "SEMI.PSEUDO_LABEL_DENOISING", "['one_to_many', 'one_to_one']", *overrides)
 
 
-class _LogRecorder(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 class Run:
     """A finished in-process training run: per-iteration scalars, models, checkpoint, log messages."""
 
@@ -101,16 +93,12 @@ class Run:
         opts = _opts(specs, out, *overrides)
         self.out = str(out)
         self.cfg = setup_cfg(default_argument_parser().parse_args(["--config-file", config, *opts]))
-        recorder = _LogRecorder()
-        logging.getLogger("semidetr").addHandler(recorder)
-        try:
+        with recorded_log_messages("semidetr", logging.INFO) as messages:
             trainer = build_trainer(self.cfg)
             trainer.resume_or_load(resume=False)
             self.initial_teacher = _copy_state(trainer.models()["teacher"])
             trainer.train()
-        finally:
-            logging.getLogger("semidetr").removeHandler(recorder)
-        self.log = "\n".join(recorder.messages)
+        self.log = "\n".join(messages)
         self.teacher = _copy_state(trainer.models()["teacher"])
         self.student = _copy_state(trainer.models()["student"])
         self.student_grads = {n: p.grad.clone() for n, p in trainer.models()["student"].named_parameters()

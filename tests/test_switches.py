@@ -20,7 +20,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from conftest import REPO_ROOT
-from helpers import synthetic_input, tiny_detector_cfg
+from helpers import recorded_log_messages, synthetic_input, tiny_detector_cfg
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.semi_trainer import CONSISTENCY_LOSS, SemiTrainer
 from semidetr.engine.stage import StageSchedule
@@ -321,15 +321,6 @@ def test_cqc_candidate_scoring_exactly_tau_s_joins_the_official_candidates():
     assert union[below] == pytest.approx(0.0, abs=1e-6)
 
 
-class _Messages(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.mark.parametrize("o2m_iters, warns", [(4, True), (3, False)])
 def test_one_to_many_warning_when_t1_is_exactly_max_iter(micro_shapes, tmp_path, o2m_iters, warns):
     """README: SEMIDETR.SHM.O2M_ITERS >= SOLVER.MAX_ITER warns that the final model is one-to-many. With T1 =
@@ -339,13 +330,9 @@ def test_one_to_many_warning_when_t1_is_exactly_max_iter(micro_shapes, tmp_path,
     opts = micro_config_args(micro_shapes, tmp_path, "DATASETS.TRAIN", "('micro_train.1@25',)",
                              "DATASETS.TRAIN_UNLABELED", "('micro_train.1@25-unlabeled',)", "SOLVER.MAX_ITER", "4",
                              "SEMIDETR.SHM.O2M_ITERS", str(o2m_iters))
-    messages = _Messages()
-    logging.getLogger("semidetr").addHandler(messages)
-    try:
+    with recorded_log_messages("semidetr", logging.WARNING) as messages:
         setup_cfg(default_argument_parser().parse_args(
             ["--config-file", os.path.join(REPO_ROOT, "configs/quick_schedules/semidetr_shapes10_cpu.yaml"), *opts]),
             for_training=False)
-    finally:
-        logging.getLogger("semidetr").removeHandler(messages)
-    warned = [m for m in messages.messages if "SEMIDETR.SHM.O2M_ITERS" in m and "one-to-many" in m]
+    warned = [m for m in messages if "SEMIDETR.SHM.O2M_ITERS" in m and "one-to-many" in m]
     assert bool(warned) == warns, messages.messages
