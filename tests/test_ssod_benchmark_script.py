@@ -1,6 +1,7 @@
 """tools/run_ssod_benchmarks.py's scheduling: priorities, rows queued ahead of later seeds, and the run lock."""
 import fcntl
 import importlib.util
+import itertools
 import json
 import os
 import threading
@@ -79,7 +80,7 @@ def test_a_locked_run_is_waited_for_and_then_reused(script, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------
 # What each run trains on: the fold of the seed, the same labeled images per step, budgets in the names
-def _planned_runs(script, tmp_path, monkeypatch, **overrides):
+def _planned_runs(script, tmp_path, monkeypatch, setting="shapes_lite", **overrides):
     """The (config, run directory, overrides) of every run of one setting x seed, nothing trained."""
     planned = []
 
@@ -92,7 +93,7 @@ def _planned_runs(script, tmp_path, monkeypatch, **overrides):
                            out=str(tmp_path), no_ceiling=False, device="cpu")
     for key, value in overrides.items():
         setattr(args, key, value)
-    script.run_setting("shapes_lite", 2, args, script.JobQueue(1), (0, 0))
+    script.run_setting(setting, 2, args, script.JobQueue(1), (0, 0))
     return {os.path.relpath(out_dir, tmp_path): (config, dict(zip(opts[::2], opts[1::2])))
             for config, out_dir, opts in planned}
 
@@ -121,6 +122,21 @@ def test_every_row_sees_the_same_labeled_images_per_step_of_the_seeds_fold(scrip
     assert ceiling["DATASETS.TRAIN"] == "('shapes_lite_train',)" and ceiling["SOLVER.MAX_ITER"] == "400"
     assert "ceiling_shapes_lite_train/seed2/ceiling400" not in _planned_runs(script, tmp_path, monkeypatch,
                                                                              no_ceiling=True)
+
+
+def test_shapes_lite10_is_shapes_lite_at_10_percent_and_tau_0_3_and_shares_its_ceiling(script, tmp_path, monkeypatch):
+    lite, lite10 = (_planned_runs(script, tmp_path, monkeypatch, setting=s) for s in ("shapes_lite", "shapes_lite10"))
+    assert script.SETTINGS["shapes_lite10"][0] == script.SETTINGS["shapes_lite"][0]  # the same burn-in config
+    burn_in = lite10["shapes_lite10/seed2/burn_in300"][1]
+    assert burn_in["DATASETS.TRAIN"] == "('shapes_lite_train.2@10',)"
+    semidetr = lite10["shapes_lite10/seed2/rows_from300_iters100/semidetr"][1]
+    assert semidetr["DATASETS.TRAIN_UNLABELED"] == "('shapes_lite_train.2@10-unlabeled',)"
+    assert lite10["ceiling_shapes_lite_train/seed2/ceiling400"] == lite["ceiling_shapes_lite_train/seed2/ceiling400"]
+    thresholds = {row: _flat_config(os.path.join(script.QUICK, script.row_config(row, "shapes_lite10")),
+                                    list(itertools.chain(*opts.items())))["SEMI.PSEUDO_SCORE_THRESH"]
+                  for row, (config, opts) in ((r, lite10[f"shapes_lite10/seed2/rows_from300_iters100/{r}"])
+                                              for r in script.SEMI_ROWS)}
+    assert set(thresholds.values()) == {0.3}, thresholds
 
 
 def _write_run(run_dir, evaluations, pseudo=None, teacher=False, iterations=100):
@@ -253,7 +269,7 @@ def _changed(before, after, ignore=("SOLVER.", "OUTPUT_DIR")):
     return {key: value for key, value in after.items() if before[key] != value and not key.startswith(ignore)}
 
 
-@pytest.mark.parametrize("setting", ["shapes_lite", "bccd10"])
+@pytest.mark.parametrize("setting", ["shapes_lite", "shapes_lite10", "bccd10"])
 def test_a_rows_component_is_its_ablation_configs_delta(script, setting):
     """What a row changes on the setting's config is what its configs/ablations/ file changes on its COCO base
     (same keys, same values), besides the row's schedule (T1 = half its iterations, no EMA warm-up)."""

@@ -8,8 +8,11 @@
 For every score threshold and class: pseudo labels per image, precision (share of them that hit a
 same-class ground-truth box at IoU >= 0.5) and recall (share of ground-truth boxes hit); and, per class,
 the distribution of the best score the model gives each ground-truth object (its highest same-class
-score at IoU >= 0.5, 0 when none), which says how far below tau_s the missed objects are. The model sees
-the test-time view (MIN_SIZE_TEST), as the teacher's weak view is at test scale in the official code.
+score at IoU >= 0.5, 0 when none), which says how far below tau_s the missed objects are. The detections
+are made by the training's pseudo-label rule (the config's SEMI.PSEUDO_NMS_THRESH, SEMI.PSEUDO_CLIP_BOXES
+and SEMI.PSEUDO_MEAN_STD_FLOOR, as SemiTrainer passes them to the teacher), so the counts are those of the
+pseudo labels a run with that config and tau_s would train on. The model sees the test-time view
+(MIN_SIZE_TEST), as the teacher's weak view is at test scale in the official code.
 A semi-supervised checkpoint is scored with its teacher weights unless --which student.
 """
 import argparse
@@ -19,14 +22,26 @@ import logging
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import annotations_to_instances
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.utils.logger import setup_logger
 
 from semidetr.data.mappers import build_test_mapper
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
+from semidetr.semi.pseudo_labels import PseudoLabeler
 from semidetr.semi.monitoring import hit_matrix
 
 logger = logging.getLogger("semidetr.pseudo_label_quality")
+
+
+def pseudo_label_candidates(cfg, model, inputs, lowest_threshold):
+    """The detections of one mapped image that the training's pseudo-label rule keeps at score
+    >= lowest_threshold (class-aware NMS and clipping as SemiTrainer passes them to the teacher, then the
+    labeler's mean + std floor), in the image's original frame, where its annotations are."""
+    with torch.no_grad():
+        detections = model.predict([inputs], nms_thresh=cfg.SEMI.PSEUDO_NMS_THRESH, clip=cfg.SEMI.PSEUDO_CLIP_BOXES)[0]
+    kept = PseudoLabeler(lowest_threshold, mean_std_floor=cfg.SEMI.PSEUDO_MEAN_STD_FLOOR).filter(detections)
+    return detector_postprocess(kept, inputs["height"], inputs["width"]).to("cpu")
 
 
 def count_hits(pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes, thresholds, num_classes, iou=0.5):
@@ -49,22 +64,29 @@ def count_hits(pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes, thre
     }
 
 
+ALL_CLASSES = "(all classes)"
+
+
 def summarise(per_image, thresholds, class_names):
-    """Sum count_hits() over images -> rows of plain numbers (one per threshold x class)."""
+    """Sum count_hits() over images -> rows of plain numbers (one per threshold x class, then one per
+    threshold over all classes)."""
     num_images = max(len(per_image), 1)
     totals = {k: sum(c[k] for c in per_image) for k in ("pseudo", "precise", "recalled", "gt")}
     best = torch.cat([c["best_scores"] for c in per_image]) if per_image else torch.zeros(0)
     best_classes = torch.cat([c["best_classes"] for c in per_image]) if per_image else torch.zeros(0)
+    groups = [(name, k, best[best_classes == k]) for k, name in enumerate(class_names)]
+    groups.append((ALL_CLASSES, slice(None), best))
     rows = []
     for t, tau in enumerate(thresholds):
-        for k, name in enumerate(class_names):
-            scores = best[best_classes == k]
+        for name, k, scores in groups:
+            pseudo, precise = float(totals["pseudo"][t, k].sum()), float(totals["precise"][t, k].sum())
+            recalled, gt = float(totals["recalled"][t, k].sum()), float(totals["gt"][k].sum())
             rows.append({
                 "threshold": tau, "class": name,
-                "gt_per_image": float(totals["gt"][k]) / num_images,
-                "pseudo_per_image": float(totals["pseudo"][t, k]) / num_images,
-                "precision": float(totals["precise"][t, k] / totals["pseudo"][t, k]) if totals["pseudo"][t, k] else None,
-                "recall": float(totals["recalled"][t, k] / totals["gt"][k]) if totals["gt"][k] else None,
+                "gt_per_image": gt / num_images,
+                "pseudo_per_image": pseudo / num_images,
+                "precision": precise / pseudo if pseudo else None,
+                "recall": recalled / gt if gt else None,
                 "best_score_median": float(scores.median()) if len(scores) else None,
                 "best_score_q25": float(scores.quantile(0.25)) if len(scores) else None,
             })
@@ -96,9 +118,7 @@ def main():
     mapper = build_test_mapper(cfg)
     per_image = []
     for record in records:
-        inputs = mapper(dict(record))
-        with torch.no_grad():
-            out = model([inputs])[0]["instances"].to("cpu")
+        out = pseudo_label_candidates(cfg, model, mapper(dict(record)), min(args.thresholds))
         gt = annotations_to_instances(record["annotations"], (record["height"], record["width"]))
         per_image.append(count_hits(out.pred_boxes.tensor, out.scores, out.pred_classes, gt.gt_boxes.tensor,
                                     gt.gt_classes, args.thresholds, len(class_names)))
