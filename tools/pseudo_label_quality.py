@@ -28,8 +28,8 @@ from detectron2.utils.logger import setup_logger
 from semidetr.data.mappers import build_test_mapper
 from semidetr.engine.defaults import setup_cfg
 from semidetr.engine.trainer import Trainer, load_weights_for_evaluation
-from semidetr.semi.pseudo_labels import PseudoLabeler
 from semidetr.semi.monitoring import hit_matrix
+from semidetr.semi.pseudo_labels import PseudoLabeler
 
 logger = logging.getLogger("semidetr.pseudo_label_quality")
 
