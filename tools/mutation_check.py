@@ -273,6 +273,15 @@ MUTANTS += [
      "if shm.ENABLED and shm.O2M_ITERS >= cfg.SOLVER.MAX_ITER:",
      "if shm.ENABLED and shm.O2M_ITERS > cfg.SOLVER.MAX_ITER:",
      [SWITCHES + "::test_one_to_many_warning_when_t1_is_exactly_max_iter"]),
+    # --- the pseudo-label rule of tools/pseudo_label_quality.py
+    ("quality_tool_without_pseudo_nms", "tools/pseudo_label_quality.py",
+     "detections = model.predict([inputs], nms_thresh=cfg.SEMI.PSEUDO_NMS_THRESH, clip=cfg.SEMI.PSEUDO_CLIP_BOXES)[0]",
+     "detections = model.predict([inputs], clip=cfg.SEMI.PSEUDO_CLIP_BOXES)[0]",
+     ["tests/test_pseudo_label_quality.py"]),
+    ("quality_tool_without_mean_std_floor", "tools/pseudo_label_quality.py",
+     "kept = PseudoLabeler(lowest_threshold, mean_std_floor=cfg.SEMI.PSEUDO_MEAN_STD_FLOOR).filter(detections)",
+     "kept = PseudoLabeler(lowest_threshold).filter(detections)",
+     ["tests/test_pseudo_label_quality.py"]),
 ]
 
 
