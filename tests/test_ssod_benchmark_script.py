@@ -161,7 +161,8 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
         _write_run(dirs["burn_in"], [(99, 10.0), (199, 15.0), (300, 15.5)])  # the final one at MAX_ITER
         for run, values in final.items():
             early = {i: {"pseudo/precision@0.5": 0.0} for i in range(0, 50, 10)}  # the first half does not count
-            late = {i: {"pseudo/precision@0.5": 0.9, "pseudo/recall@0.5": 0.5} for i in range(50, 100, 10)}
+            late = {i: {"pseudo/precision@0.5": 0.9, "pseudo/recall@0.5": 0.5, "pseudo/labels_per_image": 1.0}
+                    for i in range(50, 100, 10)}
             _write_run(dirs[run], [(99, float(values[seed - 1]))], {**early, **late},
                        teacher=run in (*script.SEMI_ROWS, "sup_only_ema"))
     text = script.table(script.collect(args), args)
@@ -173,13 +174,39 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
     assert "| Semi-DETR | 45% |" in lines  # (31 - 22) / (42 - 22)
     assert any(line.startswith("Semi-DETR - sup-only = +9.0 AP; twice the larger std = 4.0 AP: above.") for line in lines)
     assert "SSOD baseline - sup-only = +1.0 AP." in lines
-    assert "| SSOD baseline | 0.900 | 0.500 | - | - |" in lines
+    assert "| SSOD baseline | 0.900 | 0.500 | - | 1.00 |" in lines
     # The EMA control: its own row, and the part of Semi-DETR's gain the unlabeled images bring.
     assert "| sup-only + EMA teacher (w_u 0) | 24.0 | 25.0 | 26.0 | 25.0 | 1.0 |" in lines
     assert "Semi-DETR - (sup-only + EMA teacher) = +6.0 AP; sup-only + EMA teacher - sup-only = +3.0 AP." in lines
     assert not any(line.startswith("| sup-only + EMA teacher (w_u 0) | 0.900") for line in lines)  # no pseudo row
     assert any(line.startswith("- burn_in seed 1: 100: 10.0, 200: 15.0, 300: 15.5; gain over the last quarter +0.5 AP "
                                "(plateau)") for line in lines)
+
+
+def test_report_shows_each_rows_pseudo_label_trajectory_by_fifth(script, tmp_path):
+    """A collapse (labels / image falling to 0) is visible per fifth of the run, averaged over the seeds; precision
+    is weighted by the labels it rates (a step without labels logs precision 0, which must not count); a span
+    without pseudo labels logged shows '-'."""
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=["sup_only", "ssod_baseline", "semidetr"],
+                           seeds=[1, 2], settings=["shapes_lite"], out=str(tmp_path))
+    for seed in (1, 2):
+        dirs = script.run_dirs("shapes_lite", seed, args)
+        _write_run(dirs["sup_only"], [(99, 20.0)])
+        # Logged every 10 iterations: 2 records per fifth of 100 iterations; labels 1.0, 0.8, 0.6, 0.4 + seed
+        # offset, then none (precision logged as 0).
+        collapse = {i: {"pseudo/labels_per_image": 1.0 - 0.2 * (i // 20) + 0.1 * (seed - 1),
+                        "pseudo/precision@0.5": 0.5} for i in range(0, 80, 10)}
+        collapse.update({i: {"pseudo/labels_per_image": 0.0, "pseudo/precision@0.5": 0.0} for i in (80, 90)})
+        _write_run(dirs["ssod_baseline"], [(99, 21.0)], collapse, teacher=True)
+        late_only = {60: {"pseudo/labels_per_image": 3.0, "pseudo/precision@0.5": 1.0},  # weighted: 0.75
+                     70: {"pseudo/labels_per_image": 1.0, "pseudo/precision@0.5": 0.0},
+                     **{i: {"pseudo/labels_per_image": 2.0, "pseudo/precision@0.5": 0.75} for i in (80, 90)}}
+        _write_run(dirs["semidetr"], [(99, 22.0)], late_only, teacher=True)
+    lines = script.table(script.collect(args), args).splitlines()
+    assert "| Row | 0-20% | 20-40% | 40-60% | 60-80% | 80-100% |" in lines
+    assert "| SSOD baseline | 1.05 (0.50) | 0.85 (0.50) | 0.65 (0.50) | 0.45 (0.50) | 0.00 (-) |" in lines
+    assert "| Semi-DETR | - (-) | - (-) | - (-) | 2.00 (0.75) | 2.00 (0.75) |" in lines
+    assert not any(line.startswith("| sup-only | ") and "(" in line for line in lines)
 
 
 def test_an_evaluation_repeated_by_a_resume_counts_once_with_its_later_value(script, tmp_path):

@@ -77,7 +77,11 @@ ROW_TITLES = {"sup_only": "sup-only", "ssod_baseline": "SSOD baseline", "shm": "
               "ssod_ignore_empty": "SSOD baseline, SEMI.IMAGES_WITHOUT_PSEUDO_LABELS ignore",
               "sup_only_ema": "sup-only + EMA teacher (w_u 0)"}
 # Logged by the semi-supervised rows (semidetr/semi/pseudo_labels.py), averaged over the second half of a run.
-PSEUDO_METRICS = ("pseudo/precision@0.5", "pseudo/recall@0.5", "pseudo/duplicates@0.5", "pseudo/labels_per_image")
+PRECISION, RECALL, DUPLICATES, LABELS_PER_IMAGE = PSEUDO_METRICS = (
+    "pseudo/precision@0.5", "pseudo/recall@0.5", "pseudo/duplicates@0.5", "pseudo/labels_per_image")
+PER_LABEL_METRICS = (PRECISION, DUPLICATES)  # rates over the pseudo labels, undefined without any
+# The report's pseudo-label trajectory: the metrics averaged over this many equal spans of a row's iterations.
+TRAJECTORY_SPANS = 5
 # The burn-in has reached its plateau when its AP gains less than this over the last quarter of its iterations.
 PLATEAU_GAIN = 1.0
 
@@ -327,15 +331,32 @@ def summarize_run(run_dir):
     if not evaluations:
         return None
     last_iteration = max(m["iteration"] for m in records)
-    pseudo = {}
-    for key in PSEUDO_METRICS:
-        values = [m[key] for m in records if key in m and m["iteration"] >= last_iteration / 2]
-        if values:
-            pseudo[key] = mean(values)
+
+    def pseudo_means(start, end):
+        """Each logged pseudo-label metric over iterations [start, end): rates per pseudo label (precision,
+        duplicates) weighted by the labels per image logged with them (a step without labels has none to
+        rate: its logged 0 does not count), the others averaged."""
+        span = [m for m in records if start <= m["iteration"] < end]
+        means = {}
+        for key in PSEUDO_METRICS:
+            if key in PER_LABEL_METRICS:
+                pairs = [(m[key], m[LABELS_PER_IMAGE]) for m in span if key in m and LABELS_PER_IMAGE in m]
+                weight = sum(labels for _, labels in pairs)
+                if weight > 0:
+                    means[key] = sum(value * labels for value, labels in pairs) / weight
+            else:
+                values = [m[key] for m in span if key in m]
+                if values:
+                    means[key] = mean(values)
+        return means
+
+    fifth = (last_iteration + 1) / TRAJECTORY_SPANS
     return {"AP": evaluations[-1][prefix + "AP"], "AP50": evaluations[-1][prefix + "AP50"],
             "iteration": evaluations[-1]["iteration"],
             "curve": [(m["iteration"], m[prefix + "AP"]) for m in evaluations if prefix + "AP" in m],
-            "pseudo": pseudo}
+            "pseudo": pseudo_means(last_iteration / 2, last_iteration + 1),
+            # How the pseudo labels evolve (a collapse shows as labels / image falling to 0).
+            "pseudo_trajectory": [pseudo_means(k * fifth, (k + 1) * fifth) for k in range(TRAJECTORY_SPANS)]}
 
 
 def trained_iterations(iteration, period):
@@ -426,7 +447,18 @@ def table(results, args):
                 cells = []
                 for key in PSEUDO_METRICS:
                     values = [per_seed[s][run]["pseudo"].get(key) for s in seeds if per_seed[s].get(run)]
-                    cells.append(_fmt(_stats(values)[0], 3 if key != "pseudo/labels_per_image" else 2))
+                    cells.append(_fmt(_stats(values)[0], 3 if key != LABELS_PER_IMAGE else 2))
+                lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(cells) + " |")
+            spans = [f"{100 * k // TRAJECTORY_SPANS}-{100 * (k + 1) // TRAJECTORY_SPANS}%" for k in range(TRAJECTORY_SPANS)]
+            lines += ["", "Pseudo labels over each run (labels / image (precision), mean over the seeds, per fifth of the "
+                      "iterations):", "", "| Row | " + " | ".join(spans) + " |", "|" + " --- |" * (len(spans) + 1)]
+            for run in pseudo_rows:
+                cells = []
+                for span in range(TRAJECTORY_SPANS):
+                    by_seed = [per_seed[s][run]["pseudo_trajectory"][span] for s in seeds if per_seed[s].get(run)]
+                    count = _stats([m.get(LABELS_PER_IMAGE) for m in by_seed])[0]
+                    precision = _stats([m.get(PRECISION) for m in by_seed])[0]
+                    cells.append(f"{_fmt(count, 2)} ({_fmt(precision, 2)})")
                 lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += ["Plateau curves (AP every " + str(args.curve_period) + " iterations; gain over the last quarter):", ""]
