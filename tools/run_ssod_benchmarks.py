@@ -29,8 +29,8 @@ Every row evaluates its final model (the teacher for semi-supervised rows) with 
 Results: <out>/results.json and markdown on stdout (and <out>/results.md): per setting the table
 | Row | seed 1 | ... | mean | std | (AP), the share of the sup-only -> 100%-labels gap each row closes, the
 pseudo-label precision / recall / duplicates of each semi-supervised row (averaged over the second half of
-its iterations), the burn-in curves and whether the burn-in reached its plateau (< 1 AP gained over its last
-quarter). --report writes the tables from the finished runs only, training nothing (missing seeds: "-").
+its iterations) and its trajectory (per fifth of them), the curves (burn-in, ceiling and rows, evaluated every
+--curve-period iterations) and whether the burn-in reached its plateau (< 1 AP gained over its last quarter). --report writes the tables from the finished runs only, training nothing (missing seeds: "-").
 
     python tools/run_ssod_benchmarks.py --settings shapes_lite --seeds 1 2 3 --burn-in 2000 --iters 1000 --jobs 2
 """
@@ -298,7 +298,7 @@ def run_setting(setting, seed, args, queue, priority):
             config = row_config(row, setting)
             split = splits["sup" if row == "sup_only" else "semi"]
             rows[row] = queue.submit((*priority, step), run_training, config, dirs[row],
-                                     [*common, *weights, *split, *row_overrides(row, args)], threads)
+                                     [*common, *curve, *weights, *split, *row_overrides(row, args)], threads)
         return rows
 
     row_jobs = queue.submit((*priority, 0), burn_in_then_queue_rows)
@@ -461,8 +461,9 @@ def table(results, args):
                     cells.append(f"{_fmt(count, 2)} ({_fmt(precision, 2)})")
                 lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(cells) + " |")
             lines.append("")
-        lines += ["Plateau curves (AP every " + str(args.curve_period) + " iterations; gain over the last quarter):", ""]
-        for run in ("burn_in", "ceiling"):
+        lines += ["Curves (AP every " + str(args.curve_period) + " iterations; gain over the last quarter; rows: from "
+                  "their start at the burn-in):", ""]
+        for run in ("burn_in", "ceiling", *rows):  # a row's curve: is it still gaining at its end?
             for s in seeds:
                 summary = per_seed[s].get(run)
                 if summary is None:
@@ -482,7 +483,7 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--burn-in", type=int, default=2000)
     parser.add_argument("--iters", type=int, default=1000)
-    parser.add_argument("--curve-period", type=int, default=250, help="evaluation period of the burn-in and ceiling")
+    parser.add_argument("--curve-period", type=int, default=250, help="evaluation period of the burn-in, the ceiling and the rows")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA_ROWS,
                         help="rows to run (the burn-in and the ceiling always run)")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time")
