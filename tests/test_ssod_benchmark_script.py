@@ -158,7 +158,7 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
              "semidetr": (30, 31, 32), "ceiling": (40, 42, 44), "sup_only_ema": (24, 25, 26)}
     for seed in (1, 2, 3):
         dirs = script.run_dirs("shapes_lite", seed, args)
-        # Burn-in curve: +5 AP over the first 3/4, +0.5 over the last quarter -> a plateau.
+        # Burn-in curve: +5 AP over the first 2/3, then +0.5 per 100 iterations: +0.375 per quarter -> a plateau.
         _write_run(dirs["burn_in"], [(99, 10.0), (199, 15.0), (300, 15.5)])  # the final one at MAX_ITER
         for run, values in final.items():
             early = {i: {"pseudo/precision@0.5": 0.0} for i in range(0, 50, 10)}  # the first half does not count
@@ -180,9 +180,25 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
     assert "| sup-only + EMA teacher (w_u 0) | 24.0 | 25.0 | 26.0 | 25.0 | 1.0 |" in lines
     assert "Semi-DETR - (sup-only + EMA teacher) = +6.0 AP; sup-only + EMA teacher - sup-only = +3.0 AP." in lines
     assert not any(line.startswith("| sup-only + EMA teacher (w_u 0) | 0.900") for line in lines)  # no pseudo row
-    assert any(line.startswith("- burn_in seed 1: 100: 10.0, 200: 15.0, 300: 15.5; gain over the last quarter +0.5 AP "
+    assert any(line.startswith("- burn_in seed 1: 100: 10.0, 200: 15.0, 300: 15.5; gain over the last quarter +0.4 AP "
                                "(plateau)") for line in lines)
     assert "- semidetr seed 2: 100: 31.0" in lines  # a row's curve (one point here: no gain to report)
+
+
+def test_plateau_gain_is_the_last_quarters_fitted_slope_not_a_difference_of_two_noisy_points(script):
+    period = 250
+    # shapes_lite 5% burn-in, 6000-8000 (evaluations logged at k * 250 - 1, the final one at 8000): flat within
+    # +-1 AP; its end minus its 3/4 point is +1.7, the fitted line gains +0.53 over the quarter.
+    noisy_flat = [(i - 1, ap) for i, ap in zip(range(250, 6000, 250), range(1, 100))]
+    noisy_flat += list(zip((5999, 6249, 6499, 6749, 6999, 7249, 7499, 7749, 8000),
+                           (18.6, 20.1, 19.3, 19.9, 20.7, 20.6, 18.9, 19.2, 20.3)))
+    assert script.plateau_gain(noisy_flat, period) == pytest.approx(0.5333, abs=1e-3)
+    # Still learning: 3750-5000 of the same run (+4.0 between its end points, +3.36 fitted).
+    rising = [(3749, 13.7), (3999, 15.6), (4249, 14.6), (4499, 16.0), (4749, 16.3), (5000, 17.7)]
+    rising = [(i - 1, 0.0) for i in range(250, 3750, 250)] + rising
+    assert script.plateau_gain(rising, period) == pytest.approx(3.357, abs=1e-3)
+    assert script.plateau_gain([(99, 5.0)], 100) is None  # one evaluation: nothing to fit
+    assert script.plateau_gain([], 100) is None
 
 
 def test_report_shows_each_rows_pseudo_label_trajectory_by_fifth(script, tmp_path):

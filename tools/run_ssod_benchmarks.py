@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from statistics import mean, stdev
+from statistics import linear_regression, mean, stdev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs/quick_schedules")
@@ -366,13 +366,18 @@ def trained_iterations(iteration, period):
 
 
 def plateau_gain(curve, period):
-    """AP gained over the last quarter of a curve's iterations (None if the curve is too short)."""
+    """AP gained over the last quarter of a curve's iterations: the slope of the least-squares line through its
+    evaluations from the last one at or before 3/4 of the iterations, times a quarter of them (one evaluation
+    is noisy by about 1 AP: a difference of two points would decide the plateau by that noise). None if the
+    curve is too short."""
     points = [(trained_iterations(iteration, period), ap) for iteration, ap in curve]
-    if len(points) < 2:
+    last_iteration = points[-1][0] if points else 0
+    start = [iteration for iteration, _ in points if iteration <= 0.75 * last_iteration]
+    if not start:
         return None
-    last_iteration, last_ap = points[-1]
-    earlier = [ap for iteration, ap in points if iteration <= 0.75 * last_iteration]
-    return None if not earlier else last_ap - earlier[-1]
+    quarter = [(iteration, ap) for iteration, ap in points if iteration >= start[-1]]
+    slope = linear_regression(*zip(*quarter)).slope
+    return slope * last_iteration / 4
 
 
 def collect(args):
