@@ -282,6 +282,18 @@ MUTANTS += [
      "kept = PseudoLabeler(lowest_threshold, mean_std_floor=cfg.SEMI.PSEUDO_MEAN_STD_FLOOR).filter(detections)",
      "kept = PseudoLabeler(lowest_threshold).filter(detections)",
      ["tests/test_pseudo_label_quality.py"]),
+    # --- the evidence report of tools/run_ssod_benchmarks.py
+    ("bench_plateau_by_end_points", "tools/run_ssod_benchmarks.py",
+     "slope = linear_regression(*zip(*quarter)).slope",
+     "slope = (quarter[-1][1] - quarter[0][1]) / (quarter[-1][0] - quarter[0][0])",
+     ["tests/test_ssod_benchmark_script.py"]),
+    ("bench_precision_unweighted", "tools/run_ssod_benchmarks.py",
+     "if key in PER_LABEL_METRICS:", "if False:",
+     ["tests/test_ssod_benchmark_script.py"]),
+    ("bench_rows_without_curve", "tools/run_ssod_benchmarks.py",
+     "[*common, *curve, *weights, *split, *row_overrides(row, args)], threads)",
+     "[*common, *weights, *split, *row_overrides(row, args)], threads)",
+     ["tests/test_ssod_benchmark_script.py"]),
 ]
 
 
