@@ -30,7 +30,9 @@ Results: <out>/results.json and markdown on stdout (and <out>/results.md): per s
 | Row | seed 1 | ... | mean | std | (AP), the share of the sup-only -> 100%-labels gap each row closes, the
 pseudo-label precision / recall / duplicates of each semi-supervised row (averaged over the second half of
 its iterations) and its trajectory (per fifth of them), the curves (burn-in, ceiling and rows, evaluated every
---curve-period iterations) and whether the burn-in reached its plateau (< 1 AP gained over its last quarter). --report writes the tables from the finished runs only, training nothing (missing seeds: "-").
+--curve-period iterations) and whether the burn-in reached its plateau (< 1 AP gained over its last quarter,
+by a fitted line: plateau_gain). --report writes the tables from the finished runs only, training nothing
+(missing seeds: "-").
 
     python tools/run_ssod_benchmarks.py --settings shapes_lite --seeds 1 2 3 --burn-in 2000 --iters 1000 --jobs 2
 """
