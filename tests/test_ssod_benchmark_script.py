@@ -353,3 +353,46 @@ def test_an_ablation_config_without_a_component_is_refused(script, tmp_path, mon
     monkeypatch.setattr(script, "ABLATIONS", str(tmp_path))
     with pytest.raises(ValueError, match="empty.yaml sets no component key"):
         script.ablation_overrides("empty.yaml")
+
+
+def test_a_report_on_a_new_machine_reads_the_archived_summaries(script, tmp_path):
+    """--archive keeps each finished run's summary in the repository: a report on a machine that has none of
+    the run directories prints the same tables; a run finished on neither is missing ('-')."""
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=["sup_only", "semidetr"], seeds=[1, 2],
+                           settings=["shapes_lite"], out=str(tmp_path / "runs"), archive=str(tmp_path / "archive"))
+    for seed, (sup, semi) in ((1, (20.0, 25.0)), (2, (22.0, 27.0))):
+        dirs = script.run_dirs("shapes_lite", seed, args)
+        _write_run(dirs["burn_in"], [(99, 10.0), (199, 15.0), (300, 15.5)])
+        _write_run(dirs["sup_only"], [(99, sup)])
+        if seed == 1:  # seed 2's Semi-DETR row never finished
+            pseudo = {i: {"pseudo/precision@0.5": 0.8, "pseudo/labels_per_image": 1.5} for i in range(50, 100, 10)}
+            _write_run(dirs["semidetr"], [(49, semi - 1), (99, semi)], pseudo, teacher=True)
+    on_this_machine = script.table(script.collect(args), args)
+    stored = json.loads((tmp_path / "archive/shapes_lite/seed1/rows_from300_iters100/semidetr.json").read_text())
+    assert stored["run"] == "shapes_lite/seed1/rows_from300_iters100/semidetr" and stored["summary"]["AP"] == 25.0
+    assert not (tmp_path / "archive/shapes_lite/seed2/rows_from300_iters100/semidetr.json").exists()
+
+    import shutil
+    shutil.rmtree(tmp_path / "runs")  # a new machine: no run directory, only the repository's archive
+    lines = script.table(script.collect(args), args).splitlines()
+    assert lines == on_this_machine.splitlines()
+    assert "| sup-only | 20.0 | 22.0 | 21.0 | 1.4 |" in lines
+    assert "| Semi-DETR | 25.0 | - | 25.0 | - |" in lines
+    assert any(line.startswith("- semidetr seed 1: 50: 24.0, 100: 25.0") for line in lines)  # its curve
+    args.archive = None  # without the archive, nothing is left to report
+    assert "| sup-only | - | - | - | - |" in script.table(script.collect(args), args).splitlines()
+
+
+def test_each_run_is_archived_as_soon_as_it_finishes(script, tmp_path, monkeypatch):
+    """A session that ends while later rows train still leaves the finished runs' summaries in the archive."""
+    def fake_run_training(config, out_dir, opts, threads, extend=False):
+        _write_run(out_dir, [(99, 10.0)], teacher="SEMI.EMA_WARMUP" in opts)
+        return {"AP": 10.0, "AP50": 20.0, "iteration": 99}
+
+    monkeypatch.setattr(script, "run_training", fake_run_training)
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=["sup_only", "semidetr"], jobs=1, threads=1,
+                           out=str(tmp_path / "runs"), no_ceiling=True, device="cpu", archive=str(tmp_path / "archive"))
+    script.run_setting("shapes_lite", 1, args, script.JobQueue(1), (0, 0))
+    archived = sorted(str(p.relative_to(tmp_path / "archive")) for p in (tmp_path / "archive").rglob("*.json"))
+    assert archived == ["shapes_lite/seed1/burn_in300.json", "shapes_lite/seed1/rows_from300_iters100/semidetr.json",
+                        "shapes_lite/seed1/rows_from300_iters100/sup_only.json"]

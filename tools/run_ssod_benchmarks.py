@@ -32,7 +32,10 @@ pseudo-label precision / recall / duplicates of each semi-supervised row (averag
 its iterations) and its trajectory (per fifth of them), the curves (burn-in, ceiling and rows, evaluated every
 --curve-period iterations) and whether the burn-in reached its plateau (< 1 AP gained over its last quarter,
 by a fitted line: plateau_gain). --report writes the tables from the finished runs only, training nothing
-(missing seeds: "-").
+(missing seeds: "-"). --archive DIR (benchmarks/ssod_runs in this repository) keeps each finished run's
+summary as a JSON file there and reads from there the runs that this machine does not have: the run
+directories stay on the machine that trained them, so seeds trained in different sessions, on different
+machines, meet in one report.
 
     python tools/run_ssod_benchmarks.py --settings shapes_lite --seeds 1 2 3 --burn-in 2000 --iters 1000 --jobs 2
 """
@@ -283,6 +286,11 @@ def run_setting(setting, seed, args, queue, priority):
     threads = max(1, args.threads // args.jobs)
     per_step = labeled_per_step(ssod_config)
 
+    def train(config, out_dir, overrides, threads, extend=False):  # archived as soon as it finishes
+        result = run_training(config, out_dir, overrides, threads, extend)
+        archived_summary(out_dir, args)
+        return result
+
     def budget(iterations):  # checkpoints every 500 iterations: an interrupted run loses little
         return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.CHECKPOINT_PERIOD", str(min(iterations, 500))]
 
@@ -293,20 +301,20 @@ def run_setting(setting, seed, args, queue, priority):
     def burn_in_then_queue_rows():
         # The rows are queued by the worker that ran the burn-in, before it takes its next job: they take
         # precedence over later seeds' jobs.
-        run_training(sup_config, dirs["burn_in"],
+        train(sup_config, dirs["burn_in"],
                      [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)], threads, True)
         rows = {}
         for step, row in enumerate(args.rows, start=2):
             config = row_config(row, setting)
             split = splits["sup" if row == "sup_only" else "semi"]
-            rows[row] = queue.submit((*priority, step), run_training, config, dirs[row],
+            rows[row] = queue.submit((*priority, step), train, config, dirs[row],
                                      [*common, *curve, *weights, *split, *row_overrides(row, args)], threads)
         return rows
 
     row_jobs = queue.submit((*priority, 0), burn_in_then_queue_rows)
     jobs = {}
     if not args.no_ceiling:  # depends on the full labeled set and the seed only: settings on one set share it
-        jobs["ceiling"] = queue.submit((*priority, 1), run_training, sup_config, dirs["ceiling"],
+        jobs["ceiling"] = queue.submit((*priority, 1), train, sup_config, dirs["ceiling"],
                                        [*common, *curve, "DATASETS.TRAIN", f"('{full}',)",
                                         *budget(args.burn_in + args.iters)], threads, True)
     jobs.update(row_jobs.result())  # raises if the burn-in failed
@@ -382,9 +390,34 @@ def plateau_gain(curve, period):
     return slope * last_iteration / 4
 
 
+def archived_summary(run_dir, args):
+    """A run's summary, kept in --archive (a folder of the repository: the run directories, checkpoints
+    included, stay on the machine that trained them, and a later session may have another). A finished run
+    writes its summary there (with the commit that archived it and when its metrics were last written); a
+    run that is not on this machine, or not finished, is read from there. None if neither has it."""
+    summary = summarize_run(run_dir)
+    if not getattr(args, "archive", None):
+        return summary
+    stored = os.path.join(args.archive, os.path.relpath(run_dir, args.out) + ".json")
+    if summary is None:
+        if not os.path.exists(stored):
+            return None
+        with open(stored) as f:
+            return json.load(f)["summary"]
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    finished = time.gmtime(os.path.getmtime(os.path.join(run_dir, "metrics.json")))
+    os.makedirs(os.path.dirname(stored), exist_ok=True)
+    with open(stored, "w") as f:
+        json.dump({"run": os.path.relpath(run_dir, args.out), "finished_utc": time.strftime("%Y-%m-%d %H:%M", finished),
+                   "archived_at_commit": commit.stdout.strip() or None, "summary": summary}, f, indent=1)
+        f.write("\n")
+    with open(stored) as f:  # the same (JSON) types whether the summary was just written or read back
+        return json.load(f)["summary"]
+
+
 def collect(args):
     """{setting: {seed: {run: summary or None}}} for every run the arguments name."""
-    return {setting: {seed: {run: summarize_run(path) for run, path in run_dirs(setting, seed, args).items()}
+    return {setting: {seed: {run: archived_summary(path, args) for run, path in run_dirs(setting, seed, args).items()}
                       for seed in args.seeds} for setting in args.settings}
 
 
@@ -502,6 +535,10 @@ def main():
     parser.add_argument("--out", default=os.path.join(REPO, "output/ssod_benchmarks"))
     parser.add_argument("--no-ceiling", action="store_true", help="do not train the 100%%-labels ceiling")
     parser.add_argument("--report", action="store_true", help="write the tables from the finished runs; train nothing")
+    parser.add_argument("--archive", default=None,
+                        help="folder (in the repository: benchmarks/ssod_runs) of the finished runs' summaries, one "
+                             "JSON file per run, written as runs finish and read for runs this machine does not "
+                             "have: the tables of a report survive a new machine")
     args = parser.parse_args()
     if not args.report:
         queue = JobQueue(args.jobs)
