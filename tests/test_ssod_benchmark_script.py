@@ -372,6 +372,11 @@ def test_a_report_on_a_new_machine_reads_the_archived_summaries(script, tmp_path
     assert stored["run"] == "shapes_lite/seed1/rows_from300_iters100/semidetr" and stored["summary"]["AP"] == 25.0
     assert not (tmp_path / "archive/shapes_lite/seed2/rows_from300_iters100/semidetr.json").exists()
 
+    archive_file = tmp_path / "archive/shapes_lite/seed1/rows_from300_iters100/semidetr.json"
+    os.utime(archive_file, (0, 0))
+    script.collect(args)  # a second report leaves an unchanged summary's file as it was
+    assert archive_file.stat().st_mtime == 0
+
     import shutil
     shutil.rmtree(tmp_path / "runs")  # a new machine: no run directory, only the repository's archive
     lines = script.table(script.collect(args), args).splitlines()

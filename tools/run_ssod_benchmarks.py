@@ -404,6 +404,11 @@ def archived_summary(run_dir, args):
             return None
         with open(stored) as f:
             return json.load(f)["summary"]
+    summary = json.loads(json.dumps(summary))  # the JSON types of a summary read back (tuples -> lists)
+    if os.path.exists(stored):
+        with open(stored) as f:
+            if json.load(f)["summary"] == summary:
+                return summary  # archived already: a later report does not rewrite it under a new commit
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     finished = time.gmtime(os.path.getmtime(os.path.join(run_dir, "metrics.json")))
     os.makedirs(os.path.dirname(stored), exist_ok=True)
@@ -411,8 +416,7 @@ def archived_summary(run_dir, args):
         json.dump({"run": os.path.relpath(run_dir, args.out), "finished_utc": time.strftime("%Y-%m-%d %H:%M", finished),
                    "archived_at_commit": commit.stdout.strip() or None, "summary": summary}, f, indent=1)
         f.write("\n")
-    with open(stored) as f:  # the same (JSON) types whether the summary was just written or read back
-        return json.load(f)["summary"]
+    return summary
 
 
 def collect(args):
