@@ -302,7 +302,7 @@ def run_setting(setting, seed, args, queue, priority):
         # The rows are queued by the worker that ran the burn-in, before it takes its next job: they take
         # precedence over later seeds' jobs.
         train(sup_config, dirs["burn_in"],
-                     [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)], threads, True)
+              [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)], threads, True)
         rows = {}
         for step, row in enumerate(args.rows, start=2):
             config = row_config(row, setting)
@@ -399,16 +399,15 @@ def archived_summary(run_dir, args):
     if not getattr(args, "archive", None):
         return summary
     stored = os.path.join(args.archive, os.path.relpath(run_dir, args.out) + ".json")
-    if summary is None:
-        if not os.path.exists(stored):
-            return None
-        with open(stored) as f:
-            return json.load(f)["summary"]
-    summary = json.loads(json.dumps(summary))  # the JSON types of a summary read back (tuples -> lists)
+    archived = None
     if os.path.exists(stored):
         with open(stored) as f:
-            if json.load(f)["summary"] == summary:
-                return summary  # archived already: a later report does not rewrite it under a new commit
+            archived = json.load(f)["summary"]
+    if summary is None:
+        return archived
+    summary = json.loads(json.dumps(summary))  # the JSON types of a summary read back (tuples -> lists)
+    if archived == summary:
+        return summary  # archived already: a later report does not rewrite it under a new commit
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     finished = time.gmtime(os.path.getmtime(os.path.join(run_dir, "metrics.json")))
     os.makedirs(os.path.dirname(stored), exist_ok=True)
