@@ -90,7 +90,7 @@ def _planned_runs(script, tmp_path, monkeypatch, setting="shapes_lite", **overri
 
     monkeypatch.setattr(script, "run_training", fake_run_training)
     args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=list(script.ROWS), jobs=1, threads=1,
-                           out=str(tmp_path), no_ceiling=False, device="cpu")
+                           out=str(tmp_path), no_ceiling=False, ceiling_only=False, device="cpu")
     for key, value in overrides.items():
         setattr(args, key, value)
     script.run_setting(setting, 2, args, script.JobQueue(1), (0, 0))
@@ -123,6 +123,9 @@ def test_every_row_sees_the_same_labeled_images_per_step_of_the_seeds_fold(scrip
     assert ceiling["DATASETS.TRAIN"] == "('shapes_lite_train',)" and ceiling["SOLVER.MAX_ITER"] == "400"
     assert "ceiling_shapes_lite_train/seed2/ceiling400" not in _planned_runs(script, tmp_path, monkeypatch,
                                                                              no_ceiling=True)
+    # --ceiling-only: the ceiling alone, no burn-in and no rows (a second core's job beside a burn-in)
+    assert list(_planned_runs(script, tmp_path, monkeypatch, ceiling_only=True)) == \
+        ["ceiling_shapes_lite_train/seed2/ceiling400"]
 
 
 def test_shapes_lite10_is_shapes_lite_at_10_percent_and_tau_0_3_and_shares_its_ceiling(script, tmp_path, monkeypatch):
@@ -234,6 +237,31 @@ def test_an_evaluation_repeated_by_a_resume_counts_once_with_its_later_value(scr
     summary = script.summarize_run(str(run_dir))
     assert summary["curve"] == [(99, 10.0), (199, 13.0), (300, 15.0)]
     assert summary["AP"] == 15.0
+
+
+def test_records_superseded_by_a_restart_are_dropped_and_a_torn_line_is_skipped(script, tmp_path, capsys):
+    """A row that died at iteration 219 before its first checkpoint restarts from scratch and appends to the
+    same metrics.json: the dead stretch's pseudo-label statistics must not count (here they would halve the
+    first fifth's labels per image). A resume from the checkpoint at 100 likewise replaces 100.. of the first
+    attempt; the torn last line of the killed attempt is skipped with a warning."""
+    run_dir = tmp_path / "run"
+    os.makedirs(run_dir)
+    with open(run_dir / "metrics.json", "w") as f:
+        for iteration in range(0, 220, 10):  # the attempt that died (no checkpoint)
+            f.write(json.dumps({"iteration": iteration, "pseudo/labels_per_image": 0.0}) + "\n")
+        f.write('{"iteration": 220, "pseudo/lab')  # killed while writing
+        f.write("\n")
+        for iteration in range(0, 160, 10):  # the restart, then killed at 150 after its checkpoint at 100
+            f.write(json.dumps({"iteration": iteration, "pseudo/labels_per_image": 1.0}) + "\n")
+        for iteration in range(100, 300, 10):  # resumed from the checkpoint at 100
+            f.write(json.dumps({"iteration": iteration, "pseudo/labels_per_image": 2.0}) + "\n")
+        f.write(json.dumps({"iteration": 299, "teacher/bbox/AP": 30.0, "teacher/bbox/AP50": 60.0}) + "\n")
+    open(run_dir / "model_final.pth", "wb").close()
+    records = script.read_metrics(str(run_dir))
+    assert [r["iteration"] for r in records] == [*range(0, 300, 10), 299]
+    assert [r["pseudo/labels_per_image"] for r in records[:-1]] == [1.0] * 10 + [2.0] * 20
+    assert "skipped 1 lines" in capsys.readouterr().err
+    assert script.final_ap(str(run_dir / "metrics.json"))["AP"] == 30.0
 
 
 def test_an_unfinished_run_is_reported_as_missing(script, tmp_path):
@@ -396,7 +424,7 @@ def test_each_run_is_archived_as_soon_as_it_finishes(script, tmp_path, monkeypat
 
     monkeypatch.setattr(script, "run_training", fake_run_training)
     args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=["sup_only", "semidetr"], jobs=1, threads=1,
-                           out=str(tmp_path / "runs"), no_ceiling=True, device="cpu", archive=str(tmp_path / "archive"))
+                           out=str(tmp_path / "runs"), no_ceiling=True, ceiling_only=False, device="cpu", archive=str(tmp_path / "archive"))
     script.run_setting("shapes_lite", 1, args, script.JobQueue(1), (0, 0))
     archived = sorted(str(p.relative_to(tmp_path / "archive")) for p in (tmp_path / "archive").rglob("*.json"))
     assert archived == ["shapes_lite/seed1/burn_in300.json", "shapes_lite/seed1/rows_from300_iters100/semidetr.json",

@@ -184,18 +184,41 @@ def extend_finished_shorter_run(out_dir):
 
 def evaluations_of(records):
     """(the evaluation records of a run in iteration order, their key prefix: the teacher's for semi-supervised
-    runs). An iteration evaluated twice (a run killed after an evaluation and resumed from an earlier
-    checkpoint) counts once, with its later record."""
+    runs). An iteration evaluated twice counts once, with its later record."""
     by_iteration = {m["iteration"]: m for m in records if any(k.endswith("bbox/AP") for k in m)}
     evaluations = [by_iteration[i] for i in sorted(by_iteration)]
     prefix = "teacher/bbox/" if evaluations and "teacher/bbox/AP" in evaluations[-1] else "bbox/"
     return evaluations, prefix
 
 
+def current_records(metrics_file):
+    """The records of a metrics.json that the run's final history consists of. detectron2 appends: a run
+    resumed from a checkpoint (or restarted from scratch after dying before its first one) writes again from
+    an earlier iteration, and the records it supersedes, those from that iteration on, are dropped (else the
+    pseudo-label means would count the lost stretch twice). A line that does not parse (a run killed while
+    writing it) is skipped with a warning."""
+    records, bad_lines = [], 0
+    with open(metrics_file) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                iteration = int(record["iteration"])
+            except (ValueError, KeyError, TypeError):
+                bad_lines += 1
+                continue
+            if records and iteration < records[-1]["iteration"]:  # a restart: it replaces from here on
+                records = [r for r in records if r["iteration"] < iteration]
+            records.append(record)
+    if bad_lines:
+        print(f"warning: {metrics_file}: skipped {bad_lines} lines that are not metrics", file=sys.stderr)
+    return records
+
+
 def final_ap(metrics_file):
     """The last evaluation of a run: AP and AP50 of its model (the teacher's for semi-supervised runs)."""
-    with open(metrics_file) as f:
-        evaluations, prefix = evaluations_of([json.loads(line) for line in f if line.strip()])
+    evaluations, prefix = evaluations_of(current_records(metrics_file))
     last = evaluations[-1]
     return {"AP": last[prefix + "AP"], "AP50": last[prefix + "AP50"], "iteration": last["iteration"]}
 
@@ -311,13 +334,14 @@ def run_setting(setting, seed, args, queue, priority):
                                      [*common, *curve, *weights, *split, *row_overrides(row, args)], threads)
         return rows
 
-    row_jobs = queue.submit((*priority, 0), burn_in_then_queue_rows)
+    row_jobs = None if args.ceiling_only else queue.submit((*priority, 0), burn_in_then_queue_rows)
     jobs = {}
     if not args.no_ceiling:  # depends on the full labeled set and the seed only: settings on one set share it
         jobs["ceiling"] = queue.submit((*priority, 1), train, sup_config, dirs["ceiling"],
                                        [*common, *curve, "DATASETS.TRAIN", f"('{full}',)",
                                         *budget(args.burn_in + args.iters)], threads, True)
-    jobs.update(row_jobs.result())  # raises if the burn-in failed
+    if row_jobs is not None:
+        jobs.update(row_jobs.result())  # raises if the burn-in failed
     return {row: job.result() for row, job in jobs.items()}
 
 
@@ -327,8 +351,7 @@ def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.json")
     if not (os.path.exists(os.path.join(run_dir, "model_final.pth")) and os.path.exists(path)):
         return None
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return current_records(path)
 
 
 def summarize_run(run_dir):
@@ -537,12 +560,17 @@ def main():
                              "reused whichever device trained it")
     parser.add_argument("--out", default=os.path.join(REPO, "output/ssod_benchmarks"))
     parser.add_argument("--no-ceiling", action="store_true", help="do not train the 100%%-labels ceiling")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="train the 100%%-labels ceilings only (they need no burn-in): a second core's job "
+                             "beside another invocation's burn-in")
     parser.add_argument("--report", action="store_true", help="write the tables from the finished runs; train nothing")
     parser.add_argument("--archive", default=None,
                         help="folder (in the repository: benchmarks/ssod_runs) of the finished runs' summaries, one "
                              "JSON file per run, written as runs finish and read for runs this machine does not "
                              "have: the tables of a report survive a new machine")
     args = parser.parse_args()
+    if args.ceiling_only and args.no_ceiling:
+        parser.error("--ceiling-only and --no-ceiling exclude each other")
     if not args.report:
         queue = JobQueue(args.jobs)
         pairs = [(setting, seed) for setting in args.settings for seed in args.seeds]
