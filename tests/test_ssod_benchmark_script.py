@@ -178,6 +178,12 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
     assert "| Semi-DETR | 45% |" in lines  # (31 - 22) / (42 - 22)
     assert any(line.startswith("Semi-DETR - sup-only = +9.0 AP; twice the larger std = 4.0 AP: above.") for line in lines)
     assert "SSOD baseline - sup-only = +1.0 AP." in lines
+    # Paired by seed: the differences to the seed's own sup-only (20, 22, 24), their mean and sample std.
+    paired = lines.index("Paired by seed (each row minus its seed's sup-only, seeds where both ran):")
+    assert lines[paired + 2] == "| Row | seed 1 | seed 2 | seed 3 | mean | std |"
+    assert "| Semi-DETR | +10.0 | +9.0 | +8.0 | +9.0 | 1.0 |" in lines[paired:]
+    assert "| sup-only + EMA teacher (w_u 0) | +4.0 | +3.0 | +2.0 | +3.0 | 1.0 |" in lines[paired:]
+    assert not any(line.startswith("| sup-only |") for line in lines[paired:paired + 12])
     assert "| SSOD baseline | 0.900 | 0.500 | - | 1.00 |" in lines
     # The EMA control: its own row, and the part of Semi-DETR's gain the unlabeled images bring.
     assert "| sup-only + EMA teacher (w_u 0) | 24.0 | 25.0 | 26.0 | 25.0 | 1.0 |" in lines
@@ -429,3 +435,20 @@ def test_each_run_is_archived_as_soon_as_it_finishes(script, tmp_path, monkeypat
     archived = sorted(str(p.relative_to(tmp_path / "archive")) for p in (tmp_path / "archive").rglob("*.json"))
     assert archived == ["shapes_lite/seed1/burn_in300.json", "shapes_lite/seed1/rows_from300_iters100/semidetr.json",
                         "shapes_lite/seed1/rows_from300_iters100/sup_only.json"]
+
+
+def test_paired_differences_leave_out_a_seed_missing_from_either_row(script, tmp_path):
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=["sup_only", "ssod_baseline", "semidetr"],
+                           seeds=[1, 2, 3], settings=["shapes_lite"], out=str(tmp_path))
+    dirs = {seed: script.run_dirs("shapes_lite", seed, args) for seed in (1, 2, 3)}
+    for seed, sup in ((1, 20.0), (2, 26.0)):  # seed 3 has no sup-only
+        _write_run(dirs[seed]["sup_only"], [(99, sup)])
+    _write_run(dirs[2]["semidetr"], [(99, 29.0)], teacher=True)  # seed 1 has no Semi-DETR
+    for seed, ap in ((1, 21.0), (2, 28.0), (3, 40.0)):
+        _write_run(dirs[seed]["ssod_baseline"], [(99, ap)], teacher=True)
+    lines = script.table(script.collect(args), args).splitlines()
+    paired = lines[lines.index("Paired by seed (each row minus its seed's sup-only, seeds where both ran):"):]
+    assert "| Semi-DETR | - | +3.0 | - | +3.0 | - |" in paired
+    assert "| SSOD baseline | +1.0 | +2.0 | - | +1.5 | 0.7 |" in paired
+    # The unpaired means differ: the SSOD baseline's mean includes seed 3, sup-only's does not.
+    assert "| SSOD baseline | 21.0 | 28.0 | 40.0 | 29.7 | 9.6 |" in lines

@@ -451,6 +451,10 @@ def _fmt(value, digits=1):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _fmt_signed(value):
+    return "-" if value is None else f"{value:+.1f}"
+
+
 def _stats(values):
     values = [v for v in values if v is not None]
     return (mean(values) if values else None), (stdev(values) if len(values) > 1 else None)
@@ -487,6 +491,19 @@ def table(results, args):
             for run in rows:
                 if run != "sup_only" and stats[run][0] is not None and gap > 0:
                     lines.append(f"| {ROW_TITLES[run]} | {100 * (stats[run][0] - sup) / gap:.0f}% |")
+            lines.append("")
+        paired_rows = [run for run in rows if run != "sup_only"]
+        if "sup_only" in rows and paired_rows:
+            # Each row against its own seed's sup-only (the same burn-in): the seed-to-seed spread of the
+            # burn-ins cancels, and a seed missing from either row is left out of the pair, not of the means.
+            lines += ["Paired by seed (each row minus its seed's sup-only, seeds where both ran):", "",
+                      header, "|" + " --- |" * (len(seeds) + 3)]
+            for run in paired_rows:
+                differences = [None if ap(s, run) is None or ap(s, "sup_only") is None else ap(s, run) - ap(s, "sup_only")
+                               for s in seeds]
+                paired = _stats(differences)
+                lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(_fmt_signed(v) for v in differences)
+                             + f" | {_fmt_signed(paired[0])} | {_fmt(paired[1])} |")
             lines.append("")
         ssod = stats.get("ssod_baseline", (None, None))[0]
         if sup is not None and ssod is not None:
