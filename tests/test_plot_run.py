@@ -75,3 +75,13 @@ def test_errors_name_the_run(tmp_path):
     with pytest.raises(ValueError, match="has no AP, loss or pseudo-label metrics"):
         plot_run.plot_run(str(tmp_path))
     assert plot_run.main([str(tmp_path)]) == 1
+
+
+def test_a_restart_drops_the_stale_points_it_has_not_reached_again(tmp_path):
+    """Killed after the evaluation at 29, resumed from the checkpoint at 9 and stopped at 19: the first
+    attempt's 19 is replaced and its 29 is gone from the curve (it belongs to no model that exists)."""
+    rows = [{"iteration": 9, "bbox/AP": 1.0}, {"iteration": 19, "bbox/AP": 2.0}, {"iteration": 29, "bbox/AP": 3.0},
+            {"iteration": 10, "total_loss": 4.0}, {"iteration": 19, "bbox/AP": 2.5}]
+    write_metrics(tmp_path / "metrics.json", rows)
+    drawn = plot_run.panels(plot_run.read_metrics(str(tmp_path / "metrics.json")))
+    assert drawn["AP (bbox)"] == {"model": ([9, 19], [1.0, 2.5])}

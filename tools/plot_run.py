@@ -8,10 +8,9 @@ Panels (each drawn when its metrics were logged): AP of the teacher and the stud
 for a supervised run) over iterations; total, supervised (sum of the loss_* terms) and unsupervised
 (sum of the unsup_* terms, as weighted in training) loss, and the CQC loss; pseudo labels per image
 (every "pseudo/...per_image" metric); pseudo-label quality (every "pseudo/" or "cpm/" metric naming a
-precision, recall or duplicates). A resumed run's repeated iterations keep their last value.
+precision, recall or duplicates). A resumed run's records replace those its restart superseded.
 """
 import argparse
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from semidetr.engine.metrics_log import read_metrics_log  # noqa: E402
 from semidetr.engine.semi_trainer import CONSISTENCY_LOSS, UNSUP_PREFIX  # noqa: E402
 
 logger = logging.getLogger("semidetr.plot_run")
@@ -36,26 +36,18 @@ QUALITY_WORDS = ("precision", "recall", "duplicate")
 
 
 def read_metrics(path: str) -> Dict[str, Dict[int, float]]:
-    """key -> {iteration: value} of every numeric metric in a metrics.json (one JSON object per line).
-    Lines that do not parse (a run killed while writing) are skipped with a warning; later lines of the
-    same iteration (a resumed run) replace earlier ones."""
+    """key -> {iteration: value} of every numeric metric in a metrics.json (one JSON object per line), from
+    the records of the run's final history (`read_metrics_log`). Lines that do not parse (a run killed while
+    writing) are skipped with a warning; later records of the same iteration replace earlier ones."""
+    records, skipped = read_metrics_log(path)
+    if skipped:
+        logger.warning("%s: skipped %d lines that are not metrics", path, skipped)
     values: Dict[str, Dict[int, float]] = {}
-    bad_lines = 0
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                iteration = int(row["iteration"])
-            except (ValueError, KeyError, TypeError):
-                bad_lines += 1
-                continue
-            for key, value in row.items():
-                if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    values.setdefault(key, {})[iteration] = float(value)
-    if bad_lines:
-        logger.warning("%s: skipped %d lines that are not metrics", path, bad_lines)
+    for row in records:
+        iteration = int(row["iteration"])
+        for key, value in row.items():
+            if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.setdefault(key, {})[iteration] = float(value)
     return values
 
 

@@ -192,27 +192,13 @@ def evaluations_of(records):
 
 
 def current_records(metrics_file):
-    """The records of a metrics.json that the run's final history consists of. detectron2 appends: a run
-    resumed from a checkpoint (or restarted from scratch after dying before its first one) writes again from
-    an earlier iteration, and the records it supersedes, those from that iteration on, are dropped (else the
-    pseudo-label means would count the lost stretch twice). A line that does not parse (a run killed while
-    writing it) is skipped with a warning."""
-    records, bad_lines = [], 0
-    with open(metrics_file) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                iteration = int(record["iteration"])
-            except (ValueError, KeyError, TypeError):
-                bad_lines += 1
-                continue
-            if records and iteration < records[-1]["iteration"]:  # a restart: it replaces from here on
-                records = [r for r in records if r["iteration"] < iteration]
-            records.append(record)
-    if bad_lines:
-        print(f"warning: {metrics_file}: skipped {bad_lines} lines that are not metrics", file=sys.stderr)
+    """The records of a metrics.json that the run's final history consists of (`read_metrics_log`: those
+    superseded by a restart dropped), warning about lines that are not metrics."""
+    from semidetr.engine.metrics_log import read_metrics_log
+
+    records, skipped = read_metrics_log(metrics_file)
+    if skipped:
+        print(f"warning: {metrics_file}: skipped {skipped} lines that are not metrics", file=sys.stderr)
     return records
 
 
@@ -576,8 +562,9 @@ def main():
                              "--jobs of them sharing it. The run directories do not name it: a finished run is "
                              "reused whichever device trained it")
     parser.add_argument("--out", default=os.path.join(REPO, "output/ssod_benchmarks"))
-    parser.add_argument("--no-ceiling", action="store_true", help="do not train the 100%%-labels ceiling")
-    parser.add_argument("--ceiling-only", action="store_true",
+    ceiling = parser.add_mutually_exclusive_group()
+    ceiling.add_argument("--no-ceiling", action="store_true", help="do not train the 100%%-labels ceiling")
+    ceiling.add_argument("--ceiling-only", action="store_true",
                         help="train the 100%%-labels ceilings only (they need no burn-in): a second core's job "
                              "beside another invocation's burn-in")
     parser.add_argument("--report", action="store_true", help="write the tables from the finished runs; train nothing")
@@ -586,8 +573,6 @@ def main():
                              "JSON file per run, written as runs finish and read for runs this machine does not "
                              "have: the tables of a report survive a new machine")
     args = parser.parse_args()
-    if args.ceiling_only and args.no_ceiling:
-        parser.error("--ceiling-only and --no-ceiling exclude each other")
     if not args.report:
         queue = JobQueue(args.jobs)
         pairs = [(setting, seed) for setting in args.settings for seed in args.seeds]
