@@ -187,7 +187,8 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
     assert "| SSOD baseline | 0.900 | 0.500 | - | 1.00 |" in lines
     # The EMA control: its own row, and the part of Semi-DETR's gain the unlabeled images bring.
     assert "| sup-only + EMA teacher (w_u 0) | 24.0 | 25.0 | 26.0 | 25.0 | 1.0 |" in lines
-    assert "Semi-DETR - (sup-only + EMA teacher) = +6.0 AP; sup-only + EMA teacher - sup-only = +3.0 AP." in lines
+    assert ("Semi-DETR - (sup-only + EMA teacher) = +6.0 AP (seeds 1, 2, 3); sup-only + EMA teacher - sup-only = "
+            "+3.0 AP (seeds 1, 2, 3).") in lines
     assert not any(line.startswith("| sup-only + EMA teacher (w_u 0) | 0.900") for line in lines)  # no pseudo row
     assert any(line.startswith("- burn_in seed 1: 100: 10.0, 200: 15.0, 300: 15.5; gain over the last quarter +0.4 AP "
                                "(plateau)") for line in lines)
@@ -438,12 +439,15 @@ def test_each_run_is_archived_as_soon_as_it_finishes(script, tmp_path, monkeypat
 
 
 def test_paired_differences_leave_out_a_seed_missing_from_either_row(script, tmp_path):
-    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=["sup_only", "ssod_baseline", "semidetr"],
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100,
+                           rows=["sup_only", "sup_only_ema", "ssod_baseline", "semidetr"],
                            seeds=[1, 2, 3], settings=["shapes_lite"], out=str(tmp_path))
     dirs = {seed: script.run_dirs("shapes_lite", seed, args) for seed in (1, 2, 3)}
     for seed, sup in ((1, 20.0), (2, 26.0)):  # seed 3 has no sup-only
         _write_run(dirs[seed]["sup_only"], [(99, sup)])
     _write_run(dirs[2]["semidetr"], [(99, 29.0)], teacher=True)  # seed 1 has no Semi-DETR
+    for seed, ap in ((1, 23.0), (2, 27.0), (3, 50.0)):  # the EMA control on every seed
+        _write_run(dirs[seed]["sup_only_ema"], [(99, ap)], teacher=True)
     for seed, ap in ((1, 21.0), (2, 28.0), (3, 40.0)):
         _write_run(dirs[seed]["ssod_baseline"], [(99, ap)], teacher=True)
     lines = script.table(script.collect(args), args).splitlines()
@@ -452,3 +456,6 @@ def test_paired_differences_leave_out_a_seed_missing_from_either_row(script, tmp
     assert "| SSOD baseline | +1.0 | +2.0 | - | +1.5 | 0.7 |" in paired
     # The unpaired means differ: the SSOD baseline's mean includes seed 3, sup-only's does not.
     assert "| SSOD baseline | 21.0 | 28.0 | 40.0 | 29.7 | 9.6 |" in lines
+    # The EMA control's differences pair by seed too (unpaired: 29.0 - 33.3 and 33.3 - 23.0).
+    assert ("Semi-DETR - (sup-only + EMA teacher) = +2.0 AP (seeds 2); sup-only + EMA teacher - sup-only = "
+            "+2.0 AP (seeds 1, 2).") in lines

@@ -502,11 +502,20 @@ def table(results, args):
                 margin = 2 * max(stats["sup_only"][1], semi_std)
                 lines += [f"Semi-DETR - sup-only = {semi - sup:+.1f} AP; twice the larger std = {margin:.1f} AP: "
                           + ("above." if semi - sup > margin else "not above."), ""]
-        ema = stats.get("sup_only_ema", (None, None))[0]
-        if ema is not None and semi is not None:
+        def paired_mean(run, baseline):
+            """(mean of run - baseline over the seeds where both ran, those seeds): unpaired means over
+            different seeds would mix the spread of the burn-ins into the difference."""
+            both = [s for s in seeds if ap(s, run) is not None and ap(s, baseline) is not None]
+            return (mean(ap(s, run) - ap(s, baseline) for s in both) if both else None), both
+
+        semi_over_ema, ema_seeds = paired_mean("semidetr", "sup_only_ema")
+        if semi_over_ema is not None:
             # The part of the gain that the unlabeled images bring: against the same EMA teacher without them.
-            lines += [f"Semi-DETR - (sup-only + EMA teacher) = {semi - ema:+.1f} AP; sup-only + EMA teacher - sup-only = "
-                      + (f"{ema - sup:+.1f} AP." if sup is not None else "-."), ""]
+            ema_over_sup, sup_seeds = paired_mean("sup_only_ema", "sup_only")
+            lines += [f"Semi-DETR - (sup-only + EMA teacher) = {semi_over_ema:+.1f} AP (seeds "
+                      + ", ".join(map(str, ema_seeds)) + "); sup-only + EMA teacher - sup-only = "
+                      + ("-." if ema_over_sup is None else f"{ema_over_sup:+.1f} AP (seeds "
+                         + ", ".join(map(str, sup_seeds)) + ")."), ""]
         pseudo_rows = [run for run in rows if run not in ("sup_only", "sup_only_ema")]
         if pseudo_rows:
             lines += ["Pseudo labels (mean over the seeds of each run's second half; IoU 0.5 against the unlabeled "
