@@ -459,6 +459,12 @@ def table(results, args):
             summary = per_seed[seed].get(run)
             return None if summary is None else summary["AP"]
 
+        def differences(run, baseline):
+            """run - baseline per seed, None where either did not run: the pair shares its seed's burn-in, so
+            the seed-to-seed spread of the burn-ins cancels (unpaired means over different seeds keep it)."""
+            return [None if ap(s, run) is None or ap(s, baseline) is None else ap(s, run) - ap(s, baseline)
+                    for s in seeds]
+
         header = "| Row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | std |"
         lines += [f"**{setting}**", "", header, "|" + " --- |" * (len(seeds) + 3)]
         stats = {}
@@ -480,16 +486,14 @@ def table(results, args):
             lines.append("")
         paired_rows = [run for run in rows if run != "sup_only"]
         if "sup_only" in rows and paired_rows:
-            # Each row against its own seed's sup-only (the same burn-in): the seed-to-seed spread of the
-            # burn-ins cancels, and a seed missing from either row is left out of the pair, not of the means.
+            # A seed missing from either row is left out of the pair, not of the means above.
             lines += ["Paired by seed (each row minus its seed's sup-only, seeds where both ran):", "",
                       header, "|" + " --- |" * (len(seeds) + 3)]
             for run in paired_rows:
-                differences = [None if ap(s, run) is None or ap(s, "sup_only") is None else ap(s, run) - ap(s, "sup_only")
-                               for s in seeds]
-                paired = _stats(differences)
-                lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(_fmt_signed(v) for v in differences)
-                             + f" | {_fmt_signed(paired[0])} | {_fmt(paired[1])} |")
+                paired = differences(run, "sup_only")
+                paired_mean, paired_std = _stats(paired)
+                lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(_fmt_signed(v) for v in paired)
+                             + f" | {_fmt_signed(paired_mean)} | {_fmt(paired_std)} |")
             lines.append("")
         ssod = stats.get("ssod_baseline", (None, None))[0]
         if sup is not None and ssod is not None:
@@ -502,20 +506,18 @@ def table(results, args):
                 margin = 2 * max(stats["sup_only"][1], semi_std)
                 lines += [f"Semi-DETR - sup-only = {semi - sup:+.1f} AP; twice the larger std = {margin:.1f} AP: "
                           + ("above." if semi - sup > margin else "not above."), ""]
-        def paired_mean(run, baseline):
-            """(mean of run - baseline over the seeds where both ran, those seeds): unpaired means over
-            different seeds would mix the spread of the burn-ins into the difference."""
-            both = [s for s in seeds if ap(s, run) is not None and ap(s, baseline) is not None]
-            return (mean(ap(s, run) - ap(s, baseline) for s in both) if both else None), both
+        def paired_difference(run, baseline):
+            """'+x.x AP (seeds ...)': the mean of `differences` over the seeds where both ran; None if none."""
+            paired = differences(run, baseline)
+            both = [str(s) for s, d in zip(seeds, paired) if d is not None]
+            return f"{_stats(paired)[0]:+.1f} AP (seeds {', '.join(both)})" if both else None
 
-        semi_over_ema, ema_seeds = paired_mean("semidetr", "sup_only_ema")
+        semi_over_ema = paired_difference("semidetr", "sup_only_ema")
         if semi_over_ema is not None:
             # The part of the gain that the unlabeled images bring: against the same EMA teacher without them.
-            ema_over_sup, sup_seeds = paired_mean("sup_only_ema", "sup_only")
-            lines += [f"Semi-DETR - (sup-only + EMA teacher) = {semi_over_ema:+.1f} AP (seeds "
-                      + ", ".join(map(str, ema_seeds)) + "); sup-only + EMA teacher - sup-only = "
-                      + ("-." if ema_over_sup is None else f"{ema_over_sup:+.1f} AP (seeds "
-                         + ", ".join(map(str, sup_seeds)) + ")."), ""]
+            ema_over_sup = paired_difference("sup_only_ema", "sup_only")
+            lines += [f"Semi-DETR - (sup-only + EMA teacher) = {semi_over_ema}; sup-only + EMA teacher - sup-only = "
+                      + ("-." if ema_over_sup is None else f"{ema_over_sup}."), ""]
         pseudo_rows = [run for run in rows if run not in ("sup_only", "sup_only_ema")]
         if pseudo_rows:
             lines += ["Pseudo labels (mean over the seeds of each run's second half; IoU 0.5 against the unlabeled "
@@ -574,8 +576,8 @@ def main():
     ceiling = parser.add_mutually_exclusive_group()
     ceiling.add_argument("--no-ceiling", action="store_true", help="do not train the 100%%-labels ceiling")
     ceiling.add_argument("--ceiling-only", action="store_true",
-                        help="train the 100%%-labels ceilings only (they need no burn-in): a second core's job "
-                             "beside another invocation's burn-in")
+                         help="train the 100%%-labels ceilings only (they need no burn-in): a second core's job "
+                              "beside another invocation's burn-in")
     parser.add_argument("--report", action="store_true", help="write the tables from the finished runs; train nothing")
     parser.add_argument("--archive", default=None,
                         help="folder (in the repository: benchmarks/ssod_runs) of the finished runs' summaries, one "
