@@ -459,3 +459,58 @@ def test_paired_differences_leave_out_a_seed_missing_from_either_row(script, tmp
     # The EMA control's differences pair by seed too (unpaired: 29.0 - 33.3 and 33.3 - 23.0).
     assert ("Semi-DETR - (sup-only + EMA teacher) = +2.0 AP (seeds 2); sup-only + EMA teacher - sup-only = "
             "+2.0 AP (seeds 1, 2).") in lines
+
+
+def test_each_training_segment_records_its_machine_and_the_report_names_it(script, tmp_path, monkeypatch, capsys):
+    """A retrain on another machine type does not reproduce a run's evaluations: every start and resume
+    appends its machine to the run's machines.jsonl, a resume on another machine is warned about, the summary
+    (and so the archive) keeps the segments, and the report says which machine trained which runs."""
+    real = script.this_machine(1, "cpu")
+    assert {"cpu", "cpus", "cpu_capability", "threads", "device", "gpu", "torch"} <= set(real) and real["gpu"] is None
+    machine_a = {**real, "cpu": "CPU A"}
+    machine_b = {**real, "cpu": "CPU B", "cpu_capability": "AVX2"}
+    current = [machine_a]
+    monkeypatch.setattr(script, "this_machine", lambda threads, device: {**current[0], "threads": threads,
+                                                                         "device": device})
+
+    real_subprocess_run = script.subprocess.run
+
+    def fake_subprocess_run(command, **kwargs):  # trains to the end: the final checkpoint and evaluation
+        if "OUTPUT_DIR" not in command:
+            return real_subprocess_run(command, **kwargs)  # git, for the archive's commit
+        out_dir = command[command.index("OUTPUT_DIR") + 1]
+        _write_run(out_dir, [(99, 10.0)])
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(script.subprocess, "run", fake_subprocess_run)
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=["sup_only"], seeds=[1],
+                           settings=["shapes_lite"], out=str(tmp_path / "runs"), archive=str(tmp_path / "archive"))
+    dirs = script.run_dirs("shapes_lite", 1, args)
+    run = dirs["burn_in"]
+    os.makedirs(run)
+    script.record_machine(run, 1, "cpu")  # iterations 0-499 on machine A, then interrupted
+    script.record_machine(run, 1, "cpu")  # restarted from scratch on A: one segment
+    with open(os.path.join(run, "last_checkpoint"), "w") as f:
+        f.write("model_0000499.pth")
+    current[0] = machine_b
+    assert "warning" not in capsys.readouterr().err
+    script.run_training("dino_shapes_lite_cpu.yaml", run, ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "300"], 2)
+    assert "resumes at iteration 500 on CPU B" in capsys.readouterr().err
+    segments = script.machine_segments(run)
+    assert [(start, machine["cpu"], machine["threads"]) for start, machine in segments] == [(0, "CPU A", 1), (500, "CPU B", 2)]
+
+    _write_run(dirs["sup_only"], [(99, 12.0)])  # a row that predates the record: no machines in its summary
+    results = script.collect(args)
+    assert "machines" not in results["shapes_lite"][1]["sup_only"]
+    archived = json.loads((tmp_path / "archive/shapes_lite/seed1/burn_in300.json").read_text())["summary"]
+    assert [m["from_iteration"] for m in archived["machines"]] == [0, 500]
+    lines = script.table(results, args).splitlines()
+    trained_on = lines[lines.index("Trained on (runs archived before the record have none):") + 2:]
+    assert trained_on[0].startswith("- CPU A, ") and trained_on[0].endswith(": burn_in seed 1")
+    assert trained_on[1].startswith("- CPU B, ") and "AVX2, 2 threads, cpu" in trained_on[1]
+    assert trained_on[1].endswith(": burn_in seed 1 from 500")
+
+    longer = os.path.join(os.path.dirname(run), "burn_in600")  # a continuation keeps the shorter run's record
+    os.makedirs(longer)
+    script.extend_finished_shorter_run(longer)
+    assert script.machine_segments(longer) == segments

@@ -35,7 +35,10 @@ by a fitted line: plateau_gain). --report writes the tables from the finished ru
 (missing seeds: "-"). --archive DIR (benchmarks/ssod_runs in this repository) keeps each finished run's
 summary as a JSON file there and reads from there the runs that this machine does not have: the run
 directories stay on the machine that trained them, so seeds trained in different sessions, on different
-machines, meet in one report.
+machines, meet in one report. Each start or resume of a run appends its machine (CPU model, instruction set,
+threads, device, torch) to the run's machines.jsonl, kept in its summary and named by the report: the runs are
+deterministic on one machine type, so a run missing here reproduces only when retrained on the machine that
+trained it, and a resume on another machine is warned about.
 
     python tools/run_ssod_benchmarks.py --settings shapes_lite --seeds 1 2 3 --burn-in 2000 --iters 1000 --jobs 2
 """
@@ -45,6 +48,7 @@ import heapq
 import itertools
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -89,6 +93,8 @@ PER_LABEL_METRICS = (PRECISION, DUPLICATES)  # rates over the pseudo labels, und
 TRAJECTORY_SPANS = 5
 # The burn-in has reached its plateau when its AP gains less than this over the last quarter of its iterations.
 PLATEAU_GAIN = 1.0
+# In a run directory: one JSON line per training segment (a start or a resume), the machine that trained it.
+MACHINES_FILE = "machines.jsonl"
 
 
 class JobQueue:
@@ -138,6 +144,7 @@ def _run_training_locked(config, out_dir, overrides, threads):
     # An interrupted run (or one extended to a longer budget: the LR is constant, SOLVER.STEPS "()")
     # continues from its last checkpoint; --resume restores the data stream and RNG exactly.
     resume = ["--resume"] if os.path.exists(os.path.join(out_dir, "last_checkpoint")) else []
+    record_machine(out_dir, threads, dict(zip(overrides[::2], overrides[1::2])).get("MODEL.DEVICE", "cpu"))
     command = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", os.path.join(QUICK, config),
                *resume, "OUTPUT_DIR", out_dir, "SEMI.EVAL_MODELS", "['teacher']", "SEMI.VIS_PERIOD", "0", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -174,12 +181,74 @@ def extend_finished_shorter_run(out_dir):
     with open(os.path.join(source, ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         os.link(os.path.join(source, "model_final.pth"), os.path.join(out_dir, checkpoint))
-        for file_name in ("metrics.json", "log.txt"):
+        for file_name in ("metrics.json", "log.txt", MACHINES_FILE):
             if os.path.exists(os.path.join(source, file_name)):
                 shutil.copyfile(os.path.join(source, file_name), os.path.join(out_dir, file_name))
     with open(os.path.join(out_dir, "last_checkpoint"), "w") as f:
         f.write(checkpoint)
     return source
+
+
+def this_machine(threads, device):
+    """What a run's numbers depend on besides its code, config and seed: the CPU (oneDNN picks its kernels by
+    instruction set and their float sums differ, so a burn-in retrained on another machine type differs from
+    its first evaluation on: BENCHMARKS.md section 8), the threads, the device and torch."""
+    import torch
+
+    cpu = {}
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model", "stepping"):
+                    cpu.setdefault(key.strip(), value.strip())
+    name = cpu.get("model name", platform.processor() or platform.machine())
+    if "cpu family" in cpu:
+        name += f" (family {cpu['cpu family']} model {cpu.get('model')} stepping {cpu.get('stepping')})"
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else None
+    return {"cpu": name, "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": threads, "device": device, "gpu": gpu, "torch": torch.__version__}
+
+
+def machine_segments(run_dir):
+    """[(first iteration, machine)] of a run, from its MACHINES_FILE (consecutive segments of one machine
+    merged); [] when the run predates the file."""
+    path = os.path.join(run_dir, MACHINES_FILE)
+    if not os.path.exists(path):
+        return []
+    segments = []
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line)
+            start, machine = entry.pop("from_iteration"), {k: v for k, v in entry.items() if k != "utc"}
+            if not segments or segments[-1][1] != machine:
+                segments.append((start, machine))
+    return segments
+
+
+def record_machine(out_dir, threads, device):
+    """Append this training segment's machine to the run's MACHINES_FILE, warning when a resume runs on
+    another machine than the run's last segment: from there on it is not what one machine gives."""
+    start = 0  # where --resume continues: after the iteration of the last checkpoint (model_<iteration>.pth)
+    if os.path.exists(os.path.join(out_dir, "last_checkpoint")):
+        with open(os.path.join(out_dir, "last_checkpoint")) as f:
+            iteration = f.read().strip().removeprefix("model_").removesuffix(".pth")
+        start = int(iteration) + 1 if iteration.isdigit() else None  # model_final.pth: nothing left to train
+    machine = this_machine(threads, device)
+    previous = machine_segments(out_dir)
+    if previous and previous[-1][1] != machine:
+        print(f"warning: {os.path.relpath(out_dir, REPO)} resumes at iteration {start} on {describe_machine(machine)}; "
+              f"its earlier iterations ran on {describe_machine(previous[-1][1])}: the runs are deterministic on "
+              "one machine type only, so this run is no longer what either gives alone", file=sys.stderr)
+    with open(os.path.join(out_dir, MACHINES_FILE), "a") as f:
+        f.write(json.dumps({"from_iteration": start, "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                            **machine}) + "\n")
+
+
+def describe_machine(machine):
+    device = machine["gpu"] or machine["device"]
+    return (f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['cpu_capability']}, {machine['threads']} "
+            f"thread{'s' if machine['threads'] != 1 else ''}, {device}, torch {machine['torch']}")
 
 
 def evaluations_of(records):
@@ -370,12 +439,16 @@ def summarize_run(run_dir):
         return means
 
     fifth = (last_iteration + 1) / TRAJECTORY_SPANS
+    # Which machine trained which iterations (absent for runs that predate the record: their archive is unchanged).
+    segments = machine_segments(run_dir)
+    machines = {"machines": [{"from_iteration": start, **machine} for start, machine in segments]} if segments else {}
     return {"AP": evaluations[-1][prefix + "AP"], "AP50": evaluations[-1][prefix + "AP50"],
             "iteration": evaluations[-1]["iteration"],
             "curve": [(m["iteration"], m[prefix + "AP"]) for m in evaluations if prefix + "AP" in m],
             "pseudo": pseudo_means(last_iteration / 2, last_iteration + 1),
             # How the pseudo labels evolve (a collapse shows as labels / image falling to 0).
-            "pseudo_trajectory": [pseudo_means(k * fifth, (k + 1) * fifth) for k in range(TRAJECTORY_SPANS)]}
+            "pseudo_trajectory": [pseudo_means(k * fifth, (k + 1) * fifth) for k in range(TRAJECTORY_SPANS)],
+            **machines}
 
 
 def trained_iterations(iteration, period):
@@ -553,6 +626,18 @@ def table(results, args):
                                                    + (" (plateau)" if run == "burn_in" and gain < PLATEAU_GAIN else ""))
                 points = ", ".join(f"{trained_iterations(i, args.curve_period)}: {a:.1f}" for i, a in summary["curve"])
                 lines.append(f"- {run} seed {s}: {points}{verdict}")
+        # Which machines trained the runs: a missing run retrained on another machine type will not reproduce.
+        trained_on = {}
+        for run in ("burn_in", "ceiling", *rows):
+            for s in seeds:
+                for segment in (per_seed[s].get(run) or {}).get("machines", []):
+                    machine = {k: v for k, v in segment.items() if k != "from_iteration"}
+                    name = describe_machine(machine)
+                    label = f"{run} seed {s}" + (f" from {segment['from_iteration']}" if segment["from_iteration"] else "")
+                    trained_on.setdefault(name, []).append(label)
+        if trained_on:
+            lines += ["", "Trained on (runs archived before the record have none):", ""]
+            lines += [f"- {name}: {', '.join(labels)}" for name, labels in trained_on.items()]
         lines.append("")
     return "\n".join(lines)
 
