@@ -497,7 +497,7 @@ def test_each_training_segment_records_its_machine_and_the_report_names_it(scrip
     script.run_training("dino_shapes_lite_cpu.yaml", run, ["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "300"], 2)
     assert "resumes at iteration 500 on CPU B" in capsys.readouterr().err
     segments = script.machine_segments(run)
-    assert [(start, machine["cpu"], machine["threads"]) for start, machine in segments] == [(0, "CPU A", 1), (500, "CPU B", 2)]
+    assert [(m["from_iteration"], m["cpu"], m["threads"]) for m in segments] == [(0, "CPU A", 1), (500, "CPU B", 2)]
 
     _write_run(dirs["sup_only"], [(99, 12.0)])  # a row that predates the record: no machines in its summary
     results = script.collect(args)

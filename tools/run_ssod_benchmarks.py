@@ -211,19 +211,22 @@ def this_machine(threads, device):
 
 
 def machine_segments(run_dir):
-    """[(first iteration, machine)] of a run, from its MACHINES_FILE (consecutive segments of one machine
-    merged); [] when the run predates the file."""
+    """A run's segments from its MACHINES_FILE: [{"from_iteration": first iteration, **machine}], consecutive
+    segments of one machine merged; [] when the run predates the file."""
     path = os.path.join(run_dir, MACHINES_FILE)
     if not os.path.exists(path):
         return []
     segments = []
     with open(path) as f:
         for line in f:
-            entry = json.loads(line)
-            start, machine = entry.pop("from_iteration"), {k: v for k, v in entry.items() if k != "utc"}
-            if not segments or segments[-1][1] != machine:
-                segments.append((start, machine))
+            segment = {k: v for k, v in json.loads(line).items() if k != "utc"}
+            if not segments or _machine(segments[-1]) != _machine(segment):
+                segments.append(segment)
     return segments
+
+
+def _machine(segment):
+    return {k: v for k, v in segment.items() if k != "from_iteration"}
 
 
 def record_machine(out_dir, threads, device):
@@ -236,9 +239,9 @@ def record_machine(out_dir, threads, device):
         start = int(iteration) + 1 if iteration.isdigit() else None  # model_final.pth: nothing left to train
     machine = this_machine(threads, device)
     previous = machine_segments(out_dir)
-    if previous and previous[-1][1] != machine:
+    if previous and _machine(previous[-1]) != machine:
         print(f"warning: {os.path.relpath(out_dir, REPO)} resumes at iteration {start} on {describe_machine(machine)}; "
-              f"its earlier iterations ran on {describe_machine(previous[-1][1])}: the runs are deterministic on "
+              f"its earlier iterations ran on {describe_machine(previous[-1])}: the runs are deterministic on "
               "one machine type only, so this run is no longer what either gives alone", file=sys.stderr)
     with open(os.path.join(out_dir, MACHINES_FILE), "a") as f:
         f.write(json.dumps({"from_iteration": start, "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -441,7 +444,7 @@ def summarize_run(run_dir):
     fifth = (last_iteration + 1) / TRAJECTORY_SPANS
     # Which machine trained which iterations (absent for runs that predate the record: their archive is unchanged).
     segments = machine_segments(run_dir)
-    machines = {"machines": [{"from_iteration": start, **machine} for start, machine in segments]} if segments else {}
+    machines = {"machines": segments} if segments else {}
     return {"AP": evaluations[-1][prefix + "AP"], "AP50": evaluations[-1][prefix + "AP50"],
             "iteration": evaluations[-1]["iteration"],
             "curve": [(m["iteration"], m[prefix + "AP"]) for m in evaluations if prefix + "AP" in m],
@@ -631,10 +634,8 @@ def table(results, args):
         for run in ("burn_in", "ceiling", *rows):
             for s in seeds:
                 for segment in (per_seed[s].get(run) or {}).get("machines", []):
-                    machine = {k: v for k, v in segment.items() if k != "from_iteration"}
-                    name = describe_machine(machine)
                     label = f"{run} seed {s}" + (f" from {segment['from_iteration']}" if segment["from_iteration"] else "")
-                    trained_on.setdefault(name, []).append(label)
+                    trained_on.setdefault(describe_machine(segment), []).append(label)
         if trained_on:
             lines += ["", "Trained on (runs archived before the record have none):", ""]
             lines += [f"- {name}: {', '.join(labels)}" for name, labels in trained_on.items()]
