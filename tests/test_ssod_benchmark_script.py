@@ -423,6 +423,34 @@ def test_a_report_on_a_new_machine_reads_the_archived_summaries(script, tmp_path
     assert "| sup-only | - | - | - | - |" in script.table(script.collect(args), args).splitlines()
 
 
+def test_a_burn_in_that_trains_alone_takes_all_threads_and_the_rows_share_them(script, tmp_path, monkeypatch):
+    threads_of = {}
+
+    def fake_run_training(config, out_dir, opts, threads, extend=False):
+        threads_of[os.path.basename(out_dir)] = threads
+        return {"AP": 1.0, "AP50": 2.0, "iteration": 0}
+
+    monkeypatch.setattr(script, "run_training", fake_run_training)
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=50, rows=["sup_only", "semidetr"], jobs=2, threads=4,
+                           out=str(tmp_path), no_ceiling=True, ceiling_only=False, device="cpu")
+    script.run_setting("shapes_lite", 1, args, script.JobQueue(2), (0, 0), burn_in_alone=True)
+    assert threads_of == {"burn_in300": 4, "sup_only": 2, "semidetr": 2}
+    threads_of.clear()
+    script.run_setting("shapes_lite", 1, args, script.JobQueue(2), (0, 0))  # beside other seeds: its share
+    assert threads_of == {"burn_in300": 2, "sup_only": 2, "semidetr": 2}
+    calls = []  # what main() decides, per command line
+    monkeypatch.setattr(script, "run_setting", lambda *a: calls.append(a[-1]) or {})
+    monkeypatch.setattr(script, "collect", lambda args: {})
+    monkeypatch.setattr(script, "table", lambda results, args: "")
+    for seeds, ceiling, expected in ((["1", "2"], ["--no-ceiling"], [False, False]), (["1"], [], [False]),
+                                     (["1"], ["--no-ceiling"], [True])):
+        calls.clear()
+        monkeypatch.setattr(script.sys, "argv", ["run_ssod_benchmarks.py", "--settings", "shapes_lite", "--seeds",
+                                                 *seeds, *ceiling, "--out", str(tmp_path / "main")])
+        script.main()
+        assert calls == expected, (seeds, ceiling)
+
+
 def test_each_run_is_archived_as_soon_as_it_finishes(script, tmp_path, monkeypatch):
     """A session that ends while later rows train still leaves the finished runs' summaries in the archive."""
     def fake_run_training(config, out_dir, opts, threads, extend=False):
