@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO_ROOT, micro_config_args
 
@@ -61,12 +62,14 @@ def test_supervised_train_then_eval_only(micro_shapes, tmp_path):
     images = os.path.dirname(micro_shapes[1].split(":")[1]) + "/images"
     command = [sys.executable, os.path.join(REPO_ROOT, "tools/infer.py"), "--config-file", SUP_CONFIG,
                "--weights", str(out / "model_final.pth"), "--input", images, "--output", str(tmp_path / "pred"),
-               *micro_config_args(micro_shapes, tmp_path / "infer")]
+               "--scale", "2", *micro_config_args(micro_shapes, tmp_path / "infer")]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     detections = json.load(open(tmp_path / "pred" / "detections.json"))
     assert len(detections) == 8 and len(list((tmp_path / "pred").glob("*.png"))) == 8
     assert detections[0]["model"] == "model" and len(detections[0]["scores"]) == 30
+    height, width = detections[0]["image_size"]
+    assert Image.open(detections[0]["png"]).size == (2 * width, 2 * height)  # --scale 2
 
     # A semi-supervised run initialised from this supervised checkpoint starts both models from it.
     semi_cfg = setup_cfg(default_argument_parser().parse_args(

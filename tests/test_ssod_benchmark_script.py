@@ -542,3 +542,53 @@ def test_each_training_segment_records_its_machine_and_the_report_names_it(scrip
     os.makedirs(longer)
     script.extend_finished_shorter_run(longer)
     assert script.machine_segments(longer) == segments
+
+
+def _shipped_burn_in(path, train_split):
+    """A weights file as tools/export_weights.py writes it: weights and the description of the run (its config)."""
+    import torch
+    import yaml
+
+    torch.save({"model": {}, "model_info": {"config": yaml.safe_dump({"DATASETS": {"TRAIN": [train_split]}})}}, path)
+    return str(path)
+
+
+def test_rows_from_given_burn_in_weights_train_no_burn_in_and_live_apart(script, tmp_path, monkeypatch):
+    weights = _shipped_burn_in(tmp_path / "shapes_lite_fold2.pth", "shapes_lite_train.2@5")
+    runs = _planned_runs(script, tmp_path, monkeypatch, no_ceiling=True, burn_in_weights=weights)
+    assert sorted(runs) == [f"shapes_lite/seed2/rows_from-shapes_lite_fold2_iters100/{row}" for row in sorted(script.ROWS)]
+    assert all(opts["MODEL.WEIGHTS"] == weights for _, opts in runs.values())
+    # Another fold's burn-in would not be this seed's rows, and a file that does not say is refused.
+    with pytest.raises(ValueError, match=r"shapes_lite_fold2\.pth was trained on \('shapes_lite_train\.2@5',\), but "
+                                         r"these rows train on \('shapes_lite_train\.2@10',\)"):
+        _planned_runs(script, tmp_path, monkeypatch, setting="shapes_lite10", burn_in_weights=weights)
+    import torch
+    torch.save({"model": {}}, tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match=r"bare\.pth does not say what it was trained on"):
+        _planned_runs(script, tmp_path, monkeypatch, burn_in_weights=str(tmp_path / "bare.pth"))
+    monkeypatch.setattr(script.sys, "argv", ["run_ssod_benchmarks.py", "--seeds", "1", "2", "--burn-in-weights", weights])
+    with pytest.raises(SystemExit):  # one burn-in file is one setting x seed
+        script.main()
+
+
+def test_o2m_iters_sets_t1_of_the_shm_rows_and_names_their_folder(script, tmp_path, monkeypatch):
+    default = _planned_runs(script, tmp_path, monkeypatch, no_ceiling=True)
+    assert default["shapes_lite/seed2/rows_from300_iters100/semidetr"][1]["SEMIDETR.SHM.O2M_ITERS"] == "50"
+    assert _planned_runs(script, tmp_path, monkeypatch, no_ceiling=True, o2m_iters=50) == default
+    longer = _planned_runs(script, tmp_path, monkeypatch, no_ceiling=True, o2m_iters=500)
+    assert longer["shapes_lite/seed2/rows_from300_iters100_t1-500/semidetr"][1]["SEMIDETR.SHM.O2M_ITERS"] == "500"
+    assert longer["shapes_lite/seed2/rows_from300_iters100_t1-500/shm"][1]["SEMIDETR.SHM.O2M_ITERS"] == "500"
+    assert "SEMIDETR.SHM.O2M_ITERS" not in longer["shapes_lite/seed2/rows_from300_iters100_t1-500/ssod_baseline"][1]
+    assert "shapes_lite/seed2/burn_in300" in longer  # the burn-in does not depend on T1
+
+
+def test_results_json_names_each_runs_directory(script, tmp_path, monkeypatch):
+    """tools/demo.sh finds the Semi-DETR row's checkpoint there (its folder's name depends on the budget)."""
+    monkeypatch.setattr(script.sys, "argv", ["run_ssod_benchmarks.py", "--report", "--settings", "shapes_lite10",
+                                             "--seeds", "2", "--burn-in", "300", "--iters", "100", "--o2m-iters",
+                                             "200", "--rows", "sup_only", "semidetr", "--out", str(tmp_path)])
+    script.main()
+    with open(tmp_path / "results.json") as f:
+        run_dirs = json.load(f)["run_dirs"]["shapes_lite10"]["2"]
+    assert run_dirs["semidetr"] == str(tmp_path / "shapes_lite10/seed2/rows_from300_iters100_t1-200/semidetr")
+    assert set(run_dirs) == {"burn_in", "ceiling", "sup_only", "semidetr"}

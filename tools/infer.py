@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="folder for the PNGs and detections.json")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="drawn detections (JSON keeps all)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="size of the PNGs relative to the images (small images read better enlarged)")
     parser.add_argument("--which", default="teacher", choices=["teacher", "student"])
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
         shown = instances[instances.scores >= args.score_threshold]
         labels = [f"{class_names[c] if c < len(class_names) else c} {s:.2f}"
                   for c, s in zip(shown.pred_classes.tolist(), shown.scores.tolist())]
-        picture = Visualizer(rgb).overlay_instances(boxes=shown.pred_boxes.tensor.numpy(), labels=labels).get_image()
+        picture = Visualizer(rgb, scale=args.scale).overlay_instances(boxes=shown.pred_boxes.tensor.numpy(), labels=labels).get_image()
         png = os.path.join(args.output, name + ".png")
         os.makedirs(os.path.dirname(png), exist_ok=True)
         Image.fromarray(picture).save(png)

@@ -6,10 +6,11 @@ For each setting and each seed (seed k also picks fold k of the labeled split):
      --curve-period iterations (the plateau curve: the rows start from a converged supervised model);
   2. from that checkpoint, --iters more iterations of each row:
        sup-only | SSOD baseline | + SHM | + SHM + CQC (mean+std candidates) | + SHM + CQC + CPM (Semi-DETR)
-     (T1 = half of --iters for the SHM rows). Every row sees the same labeled images per step: the
-     semi-supervised rows take SOLVER.IMS_PER_BATCH images split by SEMI.SAMPLE_RATIO (1 labeled + 4
-     unlabeled by default) and sup-only takes that many labeled images per step (its burn-in used the full
-     batch; the burn-in's final AP is reported beside it). The rows differ only in their component: every
+     (T1 = --o2m-iters for the SHM rows, by default half of --iters; --burn-in-weights FILE: the rows start
+     from that supervised checkpoint of --burn-in iterations instead, and no burn-in is trained). Every row
+     sees the same labeled images per step: the semi-supervised rows take SOLVER.IMS_PER_BATCH images split
+     by SEMI.SAMPLE_RATIO (1 labeled + 4 unlabeled by default) and sup-only takes that many labeled images
+     per step (its burn-in used the full batch; the burn-in's final AP is reported beside it). The rows differ only in their component: every
      semi-supervised row, the SSOD baseline included, makes pseudo labels by the same rule (the config
      defaults: the official class-aware NMS at IoU 0.6 on boxes clipped to the weak view, SEMI.*), the
      CQC rows use the configs' CQC (SEMIDETR.CQC.VARIANT, official by default), and a row's component is
@@ -24,7 +25,8 @@ seed with --no-ceiling, takes all --threads), earlier seeds and settings first (
 an earlier seed's rows wait for theirs). A finished run (model_final.pth + metrics.json) is not run again;
 an interrupted one resumes from its last checkpoint; a run directory is locked while it trains, so a second
 instance of the script waits for it instead of training it twice. Run directories name their budget
-(burn_in<N>, rows_from<N>_iters<M>/<row>, ceiling<N+M>), so a new budget never reuses a run of another;
+(burn_in<N>, rows_from<N>_iters<M>[_t1-<T1>]/<row>, ceiling<N+M>; rows from --burn-in-weights:
+rows_from-<file name>_iters<M>...), so a new budget never reuses a run of another;
 a longer burn-in or ceiling (constant LR) continues from the longest finished shorter one.
 Every row evaluates its final model (the teacher for semi-supervised rows) with COCO-style AP.
 Results: <out>/results.json and markdown on stdout (and <out>/results.md): per setting the table
@@ -334,23 +336,33 @@ def row_config(row, setting):
     return SETTINGS[setting][ROW_BASES[row]]
 
 
+def o2m_iters(args):
+    """T1 of the SHM rows: --o2m-iters, by default half of the row's iterations."""
+    given = getattr(args, "o2m_iters", None)
+    return args.iters // 2 if given is None else given
+
+
 def row_overrides(row, args):
-    """The row's component (its ablation config's delta) and its schedule: T1 = half of the row's
-    iterations for the SHM rows. The SEMI settings, pseudo-label rule included, are the configs' own."""
+    """The row's component (its ablation config's delta) and its schedule: T1 (o2m_iters) for the SHM rows.
+    The SEMI settings, pseudo-label rule included, are the configs' own."""
     if row == "sup_only":
         return []
     component = ablation_overrides(ROW_ABLATIONS[row]) if row in ROW_ABLATIONS else []
-    schedule = ["SEMIDETR.SHM.O2M_ITERS", str(args.iters // 2)] if ROW_BASES[row] == 2 else []
+    schedule = ["SEMIDETR.SHM.O2M_ITERS", str(o2m_iters(args))] if ROW_BASES[row] == 2 else []
     # The teacher starts from the burn-in: no EMA warm-up, which would make it a copy of the student
     # during the first ~1 / (1 - m) iterations.
     return ["SEMI.EMA_WARMUP", "False", *component, *schedule]
 
 
 def run_dirs(setting, seed, args):
-    """Where each run of a setting x seed lives (the budgets are in the names)."""
+    """Where each run of a setting x seed lives (the budgets are in the names: the rows' folder names where
+    they start, the burn-in's iterations or the --burn-in-weights file, and a T1 other than half the row)."""
     full = SETTINGS[setting][4]
     root = os.path.join(args.out, setting, f"seed{seed}")
-    rows_root = os.path.join(root, f"rows_from{args.burn_in}_iters{args.iters}")
+    weights = getattr(args, "burn_in_weights", None)
+    start = f"-{os.path.splitext(os.path.basename(weights))[0]}" if weights else str(args.burn_in)
+    t1 = "" if o2m_iters(args) == args.iters // 2 else f"_t1-{o2m_iters(args)}"
+    rows_root = os.path.join(root, f"rows_from{start}_iters{args.iters}{t1}")
     dirs = {"burn_in": os.path.join(root, f"burn_in{args.burn_in}"),
             "ceiling": os.path.join(args.out, f"ceiling_{full}", f"seed{seed}", f"ceiling{args.burn_in + args.iters}")}
     dirs.update({row: os.path.join(rows_root, row) for row in args.rows})
@@ -379,15 +391,19 @@ def run_setting(setting, seed, args, queue, priority, burn_in_alone=False):
     def budget(iterations):  # checkpoints every 500 iterations: an interrupted run loses little
         return ["SOLVER.MAX_ITER", str(iterations), "SOLVER.CHECKPOINT_PERIOD", str(min(iterations, 500))]
 
-    weights = ["MODEL.WEIGHTS", os.path.join(dirs["burn_in"], "model_final.pth"), *budget(args.iters)]
+    given_weights = getattr(args, "burn_in_weights", None)
+    if given_weights:
+        check_burn_in_weights(given_weights, labeled)
+    weights = ["MODEL.WEIGHTS", given_weights or os.path.join(dirs["burn_in"], "model_final.pth"), *budget(args.iters)]
     splits = {"sup": ["DATASETS.TRAIN", f"('{labeled}',)", "SOLVER.IMS_PER_BATCH", str(per_step)],
               "semi": ["DATASETS.TRAIN", f"('{labeled}',)", "DATASETS.TRAIN_UNLABELED", f"('{labeled}-unlabeled',)"]}
 
     def burn_in_then_queue_rows():
         # The rows are queued by the worker that ran the burn-in, before it takes its next job: they take
         # precedence over later seeds' jobs.
-        train(sup_config, dirs["burn_in"], [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(args.burn_in)],
-              args.threads if burn_in_alone else threads, True)
+        if not given_weights:
+            train(sup_config, dirs["burn_in"], [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)",
+                                                *budget(args.burn_in)], args.threads if burn_in_alone else threads, True)
         rows = {}
         for step, row in enumerate(args.rows, start=2):
             config = row_config(row, setting)
@@ -405,6 +421,24 @@ def run_setting(setting, seed, args, queue, priority, burn_in_alone=False):
     if row_jobs is not None:
         jobs.update(row_jobs.result())  # raises if the burn-in failed
     return {row: job.result() for row, job in jobs.items()}
+
+
+def check_burn_in_weights(path, labeled):
+    """--burn-in-weights must be a checkpoint of this project's trainer (it names its training set) trained on
+    the labeled split that the rows use: rows from another fold's burn-in would not be this seed's rows."""
+    import yaml
+
+    from semidetr.engine.checkpoint import read_model_info
+
+    info = read_model_info(path)  # ValueError naming the file if it is missing or not a checkpoint
+    if info is None:
+        raise ValueError(f"--burn-in-weights {path} does not say what it was trained on (no model_info): give a "
+                         "checkpoint written by tools/train_net.py, or tools/export_weights.py's copy of one")
+    trained_on = tuple((yaml.safe_load(info["config"]).get("DATASETS") or {}).get("TRAIN") or ())
+    if trained_on != (labeled,):
+        raise ValueError(f"--burn-in-weights {path} was trained on {trained_on}, but these rows train on "
+                         f"('{labeled}',): pick the --settings and --seeds of that split, or retrain the burn-in "
+                         "(leave out --burn-in-weights)")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -528,7 +562,9 @@ def _stats(values):
 
 def table(results, args):
     rows = [row for row in ROWS + EXTRA_ROWS if row in args.rows]
-    lines = [f"Budget: {args.burn_in} supervised burn-in iterations, then {args.iters} iterations per row "
+    weights = getattr(args, "burn_in_weights", None)
+    lines = [f"Budget: {args.burn_in} supervised burn-in iterations" + (f" ({weights}, not trained here)" if weights else "")
+             + f", then {args.iters} iterations per row, T1 = {o2m_iters(args)} for the SHM rows "
              f"(ceiling: {args.burn_in + args.iters} supervised iterations with all labels). AP (COCO-style, on the "
              "test split) of the final model; semi-supervised rows: the teacher. Seed k uses fold k of the labeled "
              "split. std: sample standard deviation over the seeds.", ""]
@@ -654,6 +690,13 @@ def main():
     parser.add_argument("--burn-in", type=int, default=2000)
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--curve-period", type=int, default=250, help="evaluation period of the burn-in, the ceiling and the rows")
+    parser.add_argument("--o2m-iters", type=int, default=None,
+                        help="T1 of the SHM rows (+ SHM, + SHM + CQC, Semi-DETR): their one-to-many iterations "
+                             "(default: half of --iters; at least --iters: no switch in the row)")
+    parser.add_argument("--burn-in-weights", default=None,
+                        help="start the rows from this supervised checkpoint (of --burn-in iterations on the labeled "
+                             "split of the one --settings x --seeds) instead of training the burn-in: tools/demo.sh's "
+                             "shipped burn-in")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA_ROWS,
                         help="rows to run (the burn-in and the ceiling always run)")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time")
@@ -675,6 +718,8 @@ def main():
                              "JSON file per run, written as runs finish and read for runs this machine does not "
                              "have: the tables of a report survive a new machine")
     args = parser.parse_args()
+    if args.burn_in_weights and len(args.settings) * len(args.seeds) != 1:
+        parser.error("--burn-in-weights is the burn-in of one setting and seed: give one --settings and one --seeds")
     if not args.report:
         queue = JobQueue(args.jobs)
         pairs = [(setting, seed) for setting in args.settings for seed in args.seeds]
@@ -688,7 +733,10 @@ def main():
     results = collect(args)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "results": results}, f, indent=1)
+        # The run directories too: where a caller (tools/demo.sh) finds a row's checkpoint.
+        json.dump({"args": vars(args), "results": results,
+                   "run_dirs": {setting: {seed: run_dirs(setting, seed, args) for seed in args.seeds}
+                                for setting in args.settings}}, f, indent=1)
     markdown = table(results, args)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(markdown)

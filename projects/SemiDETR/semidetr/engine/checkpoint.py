@@ -13,7 +13,7 @@ from detectron2.data import MetadataCatalog
 from .stage import stage_at
 
 __all__ = ["SemiDetrCheckpointer", "CheckpointMismatchError", "MODEL_INFO_KEY", "check_checkpoint_fits",
-           "config_class_names", "convert_torchvision_resnet", "last_checkpoint", "read_model_info"]
+           "config_class_names", "convert_torchvision_resnet", "export_weights", "last_checkpoint", "read_model_info"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,36 @@ def read_model_info(path: str) -> Optional[Dict[str, Any]]:
                 from error
     info = checkpoint.get(MODEL_INFO_KEY) if isinstance(checkpoint, dict) else None
     return info if isinstance(info, dict) and info.get("config") else None
+
+
+# The entries of a checkpoint that hold weights: the trained model (the student of a semi-supervised run) and
+# the EMA teacher. Everything else but MODEL_INFO_KEY is the trainer's state, needed only to resume.
+WEIGHT_KEYS = ("model", "teacher")
+
+
+def export_weights(source: str, target: str, dtype: Optional[torch.dtype] = torch.float16) -> Dict[str, Any]:
+    """Write the weights of checkpoint `source` to `target` without the trainer's state (optimizer, scheduler,
+    iteration): what starts or evaluates a model, a third of a checkpoint. `dtype` (float16 by default: half
+    of that again) is applied to the floating-point tensors only; loading casts them back to the model's
+    dtype. MODEL_INFO_KEY is kept, so the copy still names its config, classes and stage. Returns what was
+    written.
+
+    Raises:
+        ValueError: `source` is missing, not a torch checkpoint, or holds no weights.
+    """
+    info = read_model_info(source)  # ValueError naming the file if it cannot be read
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    weights = {key: checkpoint[key] for key in WEIGHT_KEYS if isinstance(checkpoint.get(key), dict)}
+    if not weights:
+        raise ValueError(f"{source} holds no weights (no {' or '.join(repr(k) for k in WEIGHT_KEYS)} entry)")
+    exported = {key: {name: tensor.to(dtype) if dtype is not None and torch.is_tensor(tensor)
+                      and tensor.is_floating_point() else tensor for name, tensor in state.items()}
+                for key, state in weights.items()}
+    if info is not None:
+        exported[MODEL_INFO_KEY] = info
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    _atomic_write(target, lambda f: torch.save(exported, f), mode="wb")
+    return exported
 
 
 def _names_summary(names: Optional[Sequence[str]], limit: int = 10) -> str:
