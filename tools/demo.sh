@@ -14,7 +14,7 @@
 #      recall, and PNGs of the Semi-DETR teacher's predictions on validation images.
 # It is tools/run_ssod_benchmarks.py at a small budget (one seed, no 100%-labels ceiling).
 #
-#   bash tools/demo.sh                             # DEMO_ITERS=250: about 10 min on 2 idle cores
+#   bash tools/demo.sh                             # DEMO_ITERS=250: 7.5 min on 2 idle cores (set-up done)
 #   DEMO_ITERS=1000 bash tools/demo.sh             # the whole rows, T1 500 (about 40 min): the switch to
 #                                                  # one-to-one matching and what the second stage wins back
 #   DEMO_WEIGHTS= DEMO_ITERS=1000 bash tools/demo.sh   # also the burn-in, trained here (hours): the BENCHMARKS
@@ -68,11 +68,12 @@ if ! "$PY" tools/infer.py --config-file "$SEMI_RUN/config.yaml" --weights "$SEMI
 fi
 grep -E "semidetr.infer" "$OUT/infer.log"
 echo "[demo] done. Semi-DETR's AP is its EMA teacher's: the EMA-teacher control row is what weight averaging alone"
-echo "[demo] gives, so Semi-DETR minus that row is what the unlabeled images add. With T1 ${T1} these ${ITERS} iterations"
+echo "[demo] gives, so Semi-DETR minus that row is what the unlabeled images add. With T1 ${T1}, these ${ITERS} iterations"
 if (( ITERS <= T1 )); then
-  echo "[demo] are all in the one-to-many stage. The switch to one-to-one matching at T1 costs AP that the second stage"
-  echo "[demo] wins back over its iterations: DEMO_ITERS=1000 runs the whole rows of BENCHMARKS.md 'Evidence:"
+  echo "[demo] are all in the one-to-many stage; the switch to one-to-one matching at T1 costs AP that the second"
+  echo "[demo] stage wins back over its iterations (DEMO_ITERS=1000 runs it)."
 else
-  echo "[demo] include the switch to one-to-one matching at T1 and the second stage after it; BENCHMARKS.md 'Evidence:"
+  echo "[demo] include the switch to one-to-one matching at T1 and the second stage after it."
 fi
-echo "[demo] shapes_lite10' (seed 2) has these rows, the SSOD baseline, + SHM and + SHM + CQC over the seeds."
+echo "[demo] BENCHMARKS.md 'Evidence: shapes_lite10' has the whole rows (1000 iterations; seed 2 is this burn-in's),"
+echo "[demo] with the SSOD baseline, + SHM and + SHM + CQC, over the seeds."
