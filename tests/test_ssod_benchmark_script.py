@@ -566,6 +566,11 @@ def test_rows_from_given_burn_in_weights_train_no_burn_in_and_live_apart(script,
     torch.save({"model": {}}, tmp_path / "bare.pth")
     with pytest.raises(ValueError, match=r"bare\.pth does not say what it was trained on"):
         _planned_runs(script, tmp_path, monkeypatch, burn_in_weights=str(tmp_path / "bare.pth"))
+    # The report names the file as the burn-in (there is no burn-in run to report).
+    report = script.table({"shapes_lite": {2: {}}}, SimpleNamespace(burn_in=300, iters=100, curve_period=50,
+                                                                    rows=["sup_only"], burn_in_weights=weights))
+    assert f"Budget: 300 supervised burn-in iterations ({weights}, not trained here), then 100" in report
+    assert f"where every row starts): {weights} (see the budget above)." in report
     monkeypatch.setattr(script.sys, "argv", ["run_ssod_benchmarks.py", "--seeds", "1", "2", "--burn-in-weights", weights])
     with pytest.raises(SystemExit):  # one burn-in file is one setting x seed
         script.main()

@@ -10,9 +10,10 @@ For each setting and each seed (seed k also picks fold k of the labeled split):
      from that supervised checkpoint of --burn-in iterations instead, and no burn-in is trained). Every row
      sees the same labeled images per step: the semi-supervised rows take SOLVER.IMS_PER_BATCH images split
      by SEMI.SAMPLE_RATIO (1 labeled + 4 unlabeled by default) and sup-only takes that many labeled images
-     per step (its burn-in used the full batch; the burn-in's final AP is reported beside it). The rows differ only in their component: every
-     semi-supervised row, the SSOD baseline included, makes pseudo labels by the same rule (the config
-     defaults: the official class-aware NMS at IoU 0.6 on boxes clipped to the weak view, SEMI.*), the
+     per step (its burn-in used the full batch; the burn-in's final AP is reported beside it). The rows
+     differ only in their component: every semi-supervised row, the SSOD baseline included, makes pseudo
+     labels by the same rule (the config defaults: the official class-aware NMS at IoU 0.6 on boxes clipped
+     to the weak view, SEMI.*), the
      CQC rows use the configs' CQC (SEMIDETR.CQC.VARIANT, official by default), and a row's component is
      what its configs/ablations/ file (ROW_ABLATIONS) sets on its COCO base;
      the extra row sup_only_ema (--rows) is the control for the EMA teacher: the SSOD baseline at w_u 0,
@@ -591,7 +592,8 @@ def table(results, args):
                          + f" | {_fmt(stats[run][0])} | {_fmt(stats[run][1])} |")
         burn_in = [ap(s, "burn_in") for s in seeds]
         lines += ["", "Burn-in (sup-only at its full batch, where every row starts): "
-                  + ", ".join(f"seed {s} {_fmt(v)}" for s, v in zip(seeds, burn_in)) + ".", ""]
+                  + (f"{weights} (see the budget above)." if weights else
+                     ", ".join(f"seed {s} {_fmt(v)}" for s, v in zip(seeds, burn_in)) + "."), ""]
         sup, ceiling = stats.get("sup_only", (None, None))[0], stats["ceiling"][0]
         if sup is not None and ceiling is not None:
             gap = ceiling - sup
