@@ -8,7 +8,9 @@ from detectron2.modeling import build_model
 
 from conftest import REPO_ROOT
 from semidetr import add_semidetr_config
+from semidetr.data.datasets.bccd import find_bccd_root
 from semidetr.data.datasets.catalog import register_datasets_from_config
+from semidetr.data.datasets.validation import DatasetError
 from semidetr.engine.config_checks import check_config
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO_ROOT, "configs/**/*.yaml"), recursive=True)
@@ -31,6 +33,11 @@ def test_config_is_valid(path):
     assert cfg.OUTPUT_DIR.startswith("output/")
     if cpu:
         cfg.MODEL.DEVICE = "cpu"
+        if "bccd" in path:
+            try:
+                find_bccd_root()
+            except DatasetError:  # the real data set is not shipped: a clone without it checks the rest
+                pytest.skip("BCCD is not available at $DETECTRON2_DATASETS/BCCD or ../shared/datasets/BCCD/BCCD")
         register_datasets_from_config(cfg)
         model = build_model(cfg)
         assert model.num_classes == (3 if "bccd" in path else 6)
