@@ -13,6 +13,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BCCD_ROOT = os.path.join(os.path.dirname(REPO_ROOT), "shared", "datasets", "BCCD", "BCCD")
 
 
+def bccd_root_or_skip() -> str:
+    """The real BCCD data set's root; the calling test is skipped where it is absent (it is not shipped)."""
+    from semidetr.data.datasets.bccd import find_bccd_root
+    from semidetr.data.datasets.validation import DatasetError
+
+    try:
+        return find_bccd_root()
+    except DatasetError:
+        pytest.skip("BCCD is not available at $DETECTRON2_DATASETS/BCCD or ../shared/datasets/BCCD/BCCD")
+
+
 def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:.*torch.jit.script.*:FutureWarning")
     # `pytest -m cuda` selects the GPU tests (tests/test_cuda.py; skipped without a GPU, run by tools/gpu_check.sh).

@@ -6,11 +6,9 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, bccd_root_or_skip
 from semidetr import add_semidetr_config
-from semidetr.data.datasets.bccd import find_bccd_root
 from semidetr.data.datasets.catalog import register_datasets_from_config
-from semidetr.data.datasets.validation import DatasetError
 from semidetr.engine.config_checks import check_config
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO_ROOT, "configs/**/*.yaml"), recursive=True)
@@ -34,10 +32,7 @@ def test_config_is_valid(path):
     if cpu:
         cfg.MODEL.DEVICE = "cpu"
         if "bccd" in path:
-            try:
-                find_bccd_root()
-            except DatasetError:  # the real data set is not shipped: a clone without it checks the rest
-                pytest.skip("BCCD is not available at $DETECTRON2_DATASETS/BCCD or ../shared/datasets/BCCD/BCCD")
+            bccd_root_or_skip()
         register_datasets_from_config(cfg)
         model = build_model(cfg)
         assert model.num_classes == (3 if "bccd" in path else 6)

@@ -11,8 +11,9 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
+from conftest import bccd_root_or_skip
 from semidetr.config import add_semidetr_config
-from semidetr.data.datasets.bccd import BCCD_ERRATA, find_bccd_root, register_bccd
+from semidetr.data.datasets.bccd import BCCD_ERRATA, register_bccd
 from semidetr.data.datasets.catalog import get_unlabeled_dicts, load_unlabeled_with_monitor_gt
 from semidetr.data.datasets.coco import register_coco_json
 from semidetr.data.datasets.folder import register_image_folder
@@ -107,15 +108,8 @@ def perfect_predictions(evaluator, dataset_dicts):
 # --------------------------------------------------------------------------------------------------
 # BCCD (the real data set)
 # --------------------------------------------------------------------------------------------------
-def _bccd_root():
-    try:
-        return find_bccd_root()
-    except DatasetError:
-        pytest.skip("BCCD is not available at $DETECTRON2_DATASETS/BCCD or ../shared/datasets/BCCD/BCCD")
-
-
 def test_bccd_counts_classes_and_findings():
-    _bccd_root()
+    bccd_root_or_skip()
     expected = {"train": 197, "val": 82, "trainval": 279, "test": 67}  # 205/87/292/72 minus the errata
     for split, count in expected.items():
         assert len(DatasetCatalog.get(f"bccd_{split}")) == count
@@ -131,7 +125,7 @@ def test_bccd_counts_classes_and_findings():
 
 
 def test_bccd_splits_share_class_ids_and_errata_apply():
-    _bccd_root()
+    bccd_root_or_skip()
     assert MetadataCatalog.get("bccd_train").thing_classes == MetadataCatalog.get("bccd_test").thing_classes
     wbc = MetadataCatalog.get("bccd_test").thing_classes.index("WBC")
     platelets = MetadataCatalog.get("bccd_train").thing_classes.index("Platelets")

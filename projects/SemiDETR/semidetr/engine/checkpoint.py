@@ -144,8 +144,8 @@ def config_class_names(cfg) -> Optional[List[str]]:
     return list(names) if names else None
 
 
-def read_model_info(path: str) -> Optional[Dict[str, Any]]:
-    """MODEL_INFO_KEY of checkpoint `path` (None for a checkpoint without it, e.g. an older one).
+def _read_checkpoint(path: str, mmap: bool = False) -> Any:
+    """torch.load of a checkpoint file on the CPU (memory-mapped: tensors stay on disk until used).
 
     Raises:
         ValueError: `path` is missing or not a torch checkpoint.
@@ -153,16 +153,27 @@ def read_model_info(path: str) -> Optional[Dict[str, Any]]:
     if not os.path.isfile(path):
         raise ValueError(f"Checkpoint {path} does not exist")
     try:
-        # Memory-mapped: only the small info entry is read here, the tensors stay on disk.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception:  # torch raises many types; mmap needs the zip format of torch >= 1.6
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:
             raise ValueError(f"{path} cannot be read as a torch checkpoint ({type(error).__name__}: {error})") \
                 from error
+
+
+def _model_info(checkpoint: Any) -> Optional[Dict[str, Any]]:
     info = checkpoint.get(MODEL_INFO_KEY) if isinstance(checkpoint, dict) else None
     return info if isinstance(info, dict) and info.get("config") else None
+
+
+def read_model_info(path: str) -> Optional[Dict[str, Any]]:
+    """MODEL_INFO_KEY of checkpoint `path` (None for a checkpoint without it, e.g. an older one).
+
+    Raises:
+        ValueError: `path` is missing or not a torch checkpoint.
+    """
+    return _model_info(_read_checkpoint(path, mmap=True))  # only the small info entry is read
 
 
 # The entries of a checkpoint that hold weights: the trained model (the student of a semi-supervised run) and
@@ -180,9 +191,10 @@ def export_weights(source: str, target: str, dtype: Optional[torch.dtype] = torc
     Raises:
         ValueError: `source` is missing, not a torch checkpoint, or holds no weights.
     """
-    info = read_model_info(source)  # ValueError naming the file if it cannot be read
-    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
-    weights = {key: checkpoint[key] for key in WEIGHT_KEYS if isinstance(checkpoint.get(key), dict)}
+    checkpoint = _read_checkpoint(source)  # ValueError naming the file if it cannot be read
+    info = _model_info(checkpoint)
+    weights = {key: checkpoint[key] for key in WEIGHT_KEYS
+               if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict)}
     if not weights:
         raise ValueError(f"{source} holds no weights (no {' or '.join(repr(k) for k in WEIGHT_KEYS)} entry)")
     exported = {key: {name: tensor.to(dtype) if dtype is not None and torch.is_tensor(tensor)
