@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from semidetr.engine.checkpoint import export_weights
+from semidetr.engine.checkpoint import WEIGHT_KEYS, export_weights
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         print(f"export_weights: {error}", file=sys.stderr)
         return 1
     parameters = sum(t.numel() for t in exported["model"].values() if torch.is_tensor(t)) if "model" in exported else 0
-    print(f"{args.target}: {', '.join(k for k in exported if k in ('model', 'teacher'))} ({parameters / 1e6:.1f} M "
+    print(f"{args.target}: {', '.join(k for k in WEIGHT_KEYS if k in exported)} ({parameters / 1e6:.1f} M "
           f"values, {args.dtype}), {os.path.getsize(args.target) / 2**20:.1f} MiB")
     return 0
 
