@@ -190,9 +190,34 @@ def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script
     assert ("Semi-DETR - (sup-only + EMA teacher) = +6.0 AP (seeds 1, 2, 3); sup-only + EMA teacher - sup-only = "
             "+3.0 AP (seeds 1, 2, 3).") in lines
     assert not any(line.startswith("| sup-only + EMA teacher (w_u 0) | 0.900") for line in lines)  # no pseudo row
+    # Its last quarter holds two evaluations (200 and 300): the report says the gain is their difference.
     assert any(line.startswith("- burn_in seed 1: 100: 10.0, 200: 15.0, 300: 15.5; gain over the last quarter +0.4 AP "
-                               "(plateau)") for line in lines)
+                               "(two evaluations: their difference) (plateau)") for line in lines)
     assert "- semidetr seed 2: 100: 31.0" in lines  # a row's curve (one point here: no gain to report)
+
+
+def test_a_row_missing_a_seed_is_compared_with_sup_only_on_its_own_seeds(script, tmp_path):
+    """+ SHM lacks seed 3 and Semi-DETR seed 1; the ceiling has seeds 1-2 only. A share or a difference over
+    sup-only's mean on all seeds would mix the folds' spread into it (fold 3 is the weakest here)."""
+    args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=["sup_only", "ssod_baseline", "shm", "semidetr"],
+                           seeds=[1, 2, 3], settings=["shapes_lite"], out=str(tmp_path))
+    final = {"sup_only": (30, 32, 20), "ssod_baseline": (33, 35, 23), "shm": (36, 38, None),
+             "semidetr": (None, 36, 26), "ceiling": (50, 52, None)}
+    for seed in (1, 2, 3):
+        dirs = script.run_dirs("shapes_lite", seed, args)
+        _write_run(dirs["burn_in"], [(99, 10.0), (300, 15.0)])
+        for run, values in final.items():
+            if values[seed - 1] is not None:
+                _write_run(dirs[run], [(99, float(values[seed - 1]))], teacher=run in script.SEMI_ROWS)
+    lines = script.table(script.collect(args), args).splitlines()
+    # The ceiling's mean (51) against sup-only's over all three seeds (27.33).
+    assert "Gap sup-only -> 100% labels: 23.7 AP (100% labels over seeds 1, 2, sup-only over seeds 1, 2, 3)." in lines
+    assert "| SSOD baseline | 13% |" in lines  # 3 / 23.67, every seed
+    assert "| + SHM | 30% (seeds 1, 2) |" in lines  # (37 - 31) / (51 - 31); 37% over sup-only's three seeds
+    assert "| Semi-DETR | 20% (seeds 2, 3) |" in lines  # (31 - 26) / (51 - 26); 16% over all of sup-only
+    assert "SSOD baseline - sup-only = +3.0 AP." in lines
+    # (36, 26) against (32, 20): +5.0 over the seeds both ran; sample stds 7.07 and 8.49.
+    assert "Semi-DETR - sup-only = +5.0 AP (seeds 2, 3); twice the larger std = 17.0 AP: not above." in lines
 
 
 def test_plateau_gain_is_the_last_quarters_fitted_slope_not_a_difference_of_two_noisy_points(script):

@@ -464,8 +464,10 @@ def summarize_run(run_dir):
 
     def pseudo_means(start, end):
         """Each logged pseudo-label metric over iterations [start, end): rates per pseudo label (precision,
-        duplicates) weighted by the labels per image logged with them (a step without labels has none to
-        rate: its logged 0 does not count), the others averaged."""
+        duplicates) weighted by the labels per image logged with them, the others averaged. A record is
+        detectron2's JSONWriter value, the median over the last 20 steps (put_scalars' smoothing hint), so a
+        record without labels (all 0) does not count, while a step without labels inside a window is one
+        value of its median."""
         span = [m for m in records if start <= m["iteration"] < end]
         means = {}
         for key in PSEUDO_METRICS:
@@ -499,19 +501,25 @@ def trained_iterations(iteration, period):
     return period * -(-iteration // period)
 
 
-def plateau_gain(curve, period):
-    """AP gained over the last quarter of a curve's iterations: the slope of the least-squares line through its
-    evaluations from the last one at or before 3/4 of the iterations, times a quarter of them (one evaluation
-    is noisy by about 1 AP: a difference of two points would decide the plateau by that noise). None if the
-    curve is too short."""
+def last_quarter(curve, period):
+    """A curve's evaluations (trained iterations, AP) from the last one at or before 3/4 of its iterations;
+    empty if there is none."""
     points = [(trained_iterations(iteration, period), ap) for iteration, ap in curve]
     last_iteration = points[-1][0] if points else 0
     start = [iteration for iteration, _ in points if iteration <= 0.75 * last_iteration]
-    if not start:
+    return [(iteration, ap) for iteration, ap in points if iteration >= start[-1]] if start else []
+
+
+def plateau_gain(curve, period):
+    """AP gained over the last quarter of a curve's iterations: the slope of the least-squares line through
+    `last_quarter`, times a quarter of the iterations (one evaluation is noisy by about 1 AP: a difference of
+    two points would decide the plateau by that noise, so a curve needs several evaluations in its last
+    quarter for the fit to mean more than that). None if the curve is too short."""
+    quarter = last_quarter(curve, period)
+    if not quarter:
         return None
-    quarter = [(iteration, ap) for iteration, ap in points if iteration >= start[-1]]
     slope = linear_regression(*zip(*quarter)).slope
-    return slope * last_iteration / 4
+    return slope * quarter[-1][0] / 4
 
 
 def archived_summary(run_dir, args):
@@ -595,12 +603,30 @@ def table(results, args):
                   + (f"{weights} (see the budget above)." if weights else
                      ", ".join(f"seed {s} {_fmt(v)}" for s, v in zip(seeds, burn_in)) + "."), ""]
         sup, ceiling = stats.get("sup_only", (None, None))[0], stats["ceiling"][0]
+        sup_seeds = [s for s in seeds if ap(s, "sup_only") is not None]
+
+        def with_sup_only(run):
+            """The seeds where both `run` and sup-only ran, and both rows' values on them: a row that lacks a
+            seed is compared with sup-only on its own seeds, not with sup-only's mean over seeds it lacks."""
+            both = [s for s in seeds if ap(s, run) is not None and ap(s, "sup_only") is not None]
+            return both, [ap(s, run) for s in both], [ap(s, "sup_only") for s in both]
+
+        def seeds_note(both):
+            return "" if both == sup_seeds else f" (seed{'s' if len(both) > 1 else ''} {', '.join(map(str, both))})"
+
         if sup is not None and ceiling is not None:
-            gap = ceiling - sup
-            lines += [f"Gap sup-only -> 100% labels: {gap:.1f} AP.", "", "| Row | gap closed |", "| --- | --- |"]
+            # The ceiling trains on every label: its seed sets only the random seed (no fold), so its mean over
+            # its own seeds is the gap's end for every row.
+            ceiling_seeds = [s for s in seeds if ap(s, "ceiling") is not None]
+            lines += [f"Gap sup-only -> 100% labels: {ceiling - sup:.1f} AP"
+                      + ("" if ceiling_seeds == sup_seeds else f" (100% labels over seeds {', '.join(map(str, ceiling_seeds))}, "
+                         f"sup-only over seeds {', '.join(map(str, sup_seeds))})") + ".",
+                      "", "| Row | gap closed |", "| --- | --- |"]
             for run in rows:
-                if run != "sup_only" and stats[run][0] is not None and gap > 0:
-                    lines.append(f"| {ROW_TITLES[run]} | {100 * (stats[run][0] - sup) / gap:.0f}% |")
+                both, run_values, sup_values = with_sup_only(run)
+                if run != "sup_only" and both and ceiling > mean(sup_values):
+                    closed = (mean(run_values) - mean(sup_values)) / (ceiling - mean(sup_values))
+                    lines.append(f"| {ROW_TITLES[run]} | {100 * closed:.0f}%{seeds_note(both)} |")
             lines.append("")
         paired_rows = [run for run in rows if run != "sup_only"]
         if "sup_only" in rows and paired_rows:
@@ -613,17 +639,19 @@ def table(results, args):
                 lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(_fmt_signed(v) for v in paired)
                              + f" | {_fmt_signed(paired_mean)} | {_fmt(paired_std)} |")
             lines.append("")
-        ssod = stats.get("ssod_baseline", (None, None))[0]
-        if sup is not None and ssod is not None:
-            lines += [f"SSOD baseline - sup-only = {ssod - sup:+.1f} AP.", ""]
-        semi, semi_std = stats.get("semidetr", (None, None))
-        if sup is not None and semi is not None:
-            if stats["sup_only"][1] is None or semi_std is None:
-                lines += [f"Semi-DETR - sup-only = {semi - sup:+.1f} AP (one seed: no std).", ""]
+        both, ssod_values, sup_values = with_sup_only("ssod_baseline") if "ssod_baseline" in rows else ([], [], [])
+        if both:
+            lines += [f"SSOD baseline - sup-only = {mean(ssod_values) - mean(sup_values):+.1f} AP{seeds_note(both)}.", ""]
+        both, semi_values, sup_values = with_sup_only("semidetr") if "semidetr" in rows else ([], [], [])
+        if both:
+            # The issue's test: the difference of the means against twice the larger of the two (unpaired) stds.
+            difference = mean(semi_values) - mean(sup_values)
+            if len(both) < 2:
+                lines += [f"Semi-DETR - sup-only = {difference:+.1f} AP{seeds_note(both)} (one seed: no std).", ""]
             else:
-                margin = 2 * max(stats["sup_only"][1], semi_std)
-                lines += [f"Semi-DETR - sup-only = {semi - sup:+.1f} AP; twice the larger std = {margin:.1f} AP: "
-                          + ("above." if semi - sup > margin else "not above."), ""]
+                margin = 2 * max(stdev(sup_values), stdev(semi_values))
+                lines += [f"Semi-DETR - sup-only = {difference:+.1f} AP{seeds_note(both)}; twice the larger std = "
+                          f"{margin:.1f} AP: " + ("above." if difference > margin else "not above."), ""]
         def paired_difference(run, baseline):
             """'+x.x AP (seeds ...)': the mean of `differences` over the seeds where both ran; None if none."""
             paired = differences(run, baseline)
@@ -667,7 +695,9 @@ def table(results, args):
                 if summary is None:
                     continue
                 gain = plateau_gain(summary["curve"], args.curve_period)
+                two_points = len(last_quarter(summary["curve"], args.curve_period)) == 2  # a row of 4 evaluations
                 verdict = "" if gain is None else (f"; gain over the last quarter {gain:+.1f} AP"
+                                                   + (" (two evaluations: their difference)" if two_points else "")
                                                    + (" (plateau)" if run == "burn_in" and gain < PLATEAU_GAIN else ""))
                 points = ", ".join(f"{trained_iterations(i, args.curve_period)}: {a:.1f}" for i, a in summary["curve"])
                 lines.append(f"- {run} seed {s}: {points}{verdict}")
