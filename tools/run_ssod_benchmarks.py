@@ -564,6 +564,11 @@ def _fmt_signed(value):
     return "-" if value is None else f"{value:+.1f}"
 
 
+def _seed_list(seeds):
+    """'seed 3' or 'seeds 1, 2': the seeds a figure is over."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def _stats(values):
     values = [v for v in values if v is not None]
     return (mean(values) if values else None), (stdev(values) if len(values) > 1 else None)
@@ -612,15 +617,15 @@ def table(results, args):
             return both, [ap(s, run) for s in both], [ap(s, "sup_only") for s in both]
 
         def seeds_note(both):
-            return "" if both == sup_seeds else f" (seed{'s' if len(both) > 1 else ''} {', '.join(map(str, both))})"
+            return "" if both == sup_seeds else f" ({_seed_list(both)})"
 
         if sup is not None and ceiling is not None:
             # The ceiling trains on every label: its seed sets only the random seed (no fold), so its mean over
             # its own seeds is the gap's end for every row.
             ceiling_seeds = [s for s in seeds if ap(s, "ceiling") is not None]
             lines += [f"Gap sup-only -> 100% labels: {ceiling - sup:.1f} AP"
-                      + ("" if ceiling_seeds == sup_seeds else f" (100% labels over seeds {', '.join(map(str, ceiling_seeds))}, "
-                         f"sup-only over seeds {', '.join(map(str, sup_seeds))})") + ".",
+                      + ("" if ceiling_seeds == sup_seeds else
+                         f" (100% labels over {_seed_list(ceiling_seeds)}, sup-only over {_seed_list(sup_seeds)})") + ".",
                       "", "| Row | gap closed |", "| --- | --- |"]
             for run in rows:
                 both, run_values, sup_values = with_sup_only(run)
