@@ -154,6 +154,35 @@ def _write_run(run_dir, evaluations, pseudo=None, teacher=False, iterations=100)
     open(os.path.join(run_dir, "model_final.pth"), "wb").close()
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_finished_runs_keep_only_their_final_checkpoint(script, tmp_path, monkeypatch, keep):
+    """Periodic checkpoints of 160-270 MB each filled the disk: a finished run keeps model_final.pth (what the
+    rows and a longer run start from) unless --keep-checkpoints; an unfinished run keeps what it resumes from."""
+    def fake_run_training(config, out_dir, opts, threads, extend=False):
+        _write_run(out_dir, [(99, 1.0)])
+        for iteration in (49, 99):
+            open(os.path.join(out_dir, f"model_{iteration:07d}.pth"), "wb").close()
+        return {"AP": 1.0, "AP50": 2.0, "iteration": 99}
+
+    monkeypatch.setattr(script, "run_training", fake_run_training)
+    args = SimpleNamespace(burn_in=100, iters=100, curve_period=50, rows=["sup_only", "semidetr"], jobs=1, threads=1,
+                           out=str(tmp_path), no_ceiling=False, ceiling_only=False, device="cpu",
+                           keep_checkpoints=keep)
+    script.run_setting("shapes_lite", 1, args, script.JobQueue(1), (0, 0))
+    runs = [os.path.join(tmp_path, "shapes_lite/seed1/burn_in100"),
+            *(os.path.join(tmp_path, "shapes_lite/seed1/rows_from100_iters100", row) for row in args.rows),
+            os.path.join(tmp_path, "ceiling_shapes_lite_train/seed1/ceiling200")]
+    for run in runs:
+        expected = {"model_final.pth", "metrics.json"} | ({"model_0000049.pth", "model_0000099.pth"} if keep else set())
+        assert expected <= set(os.listdir(run)), run
+        assert keep or not [name for name in os.listdir(run) if name.startswith("model_0")], run
+    unfinished = tmp_path / "unfinished"
+    os.makedirs(unfinished)
+    (unfinished / "model_0000049.pth").write_bytes(b"resume from here")
+    (unfinished / "metrics.json").write_text("")
+    assert script.prune_checkpoints(str(unfinished)) == 0 and (unfinished / "model_0000049.pth").exists()
+
+
 def test_report_table_has_the_checkable_header_sample_std_gap_and_plateau(script, tmp_path):
     args = SimpleNamespace(burn_in=300, iters=100, curve_period=100, rows=[*script.ROWS, "sup_only_ema"],
                            seeds=[1, 2, 3], settings=["shapes_lite"], out=str(tmp_path))

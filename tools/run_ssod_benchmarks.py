@@ -193,6 +193,24 @@ def extend_finished_shorter_run(out_dir):
     return source
 
 
+def prune_checkpoints(out_dir):
+    """Delete a finished run's periodic checkpoints (model_<iteration>.pth): what follows it needs only
+    model_final.pth (the rows start from it, a longer run links it) and its curve is in metrics.json, while each
+    periodic checkpoint of these models takes 160-270 MB (a 4000-iteration row: 2 GB). Returns the number deleted;
+    a run that is not finished (no model_final.pth or metrics.json) keeps them all: it resumes from them."""
+    if not os.path.isdir(out_dir):
+        return 0
+    with open(os.path.join(out_dir, ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # not while another instance trains (or extends from) this run
+        if not all(os.path.exists(os.path.join(out_dir, name)) for name in ("model_final.pth", "metrics.json")):
+            return 0
+        periodic = [name for name in os.listdir(out_dir)
+                    if name.startswith("model_") and name.endswith(".pth") and name[6:-4].isdigit()]
+        for name in periodic:
+            os.remove(os.path.join(out_dir, name))
+        return len(periodic)
+
+
 def this_machine(threads, device):
     """What a run's numbers depend on besides its code, config and seed: the CPU (oneDNN picks its kernels by
     instruction set and their float sums differ, so a burn-in retrained on another machine type differs from
@@ -387,6 +405,8 @@ def run_setting(setting, seed, args, queue, priority, burn_in_alone=False):
     def train(config, out_dir, overrides, threads, extend=False):  # archived as soon as it finishes
         result = run_training(config, out_dir, overrides, threads, extend)
         archived_summary(out_dir, args)
+        if not getattr(args, "keep_checkpoints", False):
+            prune_checkpoints(out_dir)
         return result
 
     def budget(iterations):  # checkpoints every 500 iterations: an interrupted run loses little
@@ -744,6 +764,8 @@ def main():
                              "--jobs of them sharing it. The run directories do not name it: a finished run is "
                              "reused whichever device trained it")
     parser.add_argument("--out", default=os.path.join(REPO, "output/ssod_benchmarks"))
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep a finished run's periodic checkpoints (by default only model_final.pth is kept)")
     ceiling = parser.add_mutually_exclusive_group()
     ceiling.add_argument("--no-ceiling", action="store_true", help="do not train the 100%%-labels ceiling")
     ceiling.add_argument("--ceiling-only", action="store_true",

@@ -60,6 +60,17 @@ if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import detectron2, semidetr" 2>/d
   exit 0
 fi
 
+# torch's CUDA build makes the environment about 6 GB: say so before pip fails half-way with "No space left".
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  NEEDED_GB=8
+  FREE_GB=$(( $(df -Pk "$ROOT" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if (( FREE_GB < NEEDED_GB )); then
+    echo "[setup_env] $ROOT's disk has ${FREE_GB} GB free; the environment ($VENV, torch's CUDA build) needs" \
+         "about ${NEEDED_GB} GB. Free some space (old run directories, /tmp/pytest-of-$(id -un)) and re-run." >&2
+    exit 1
+  fi
+fi
+
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "[setup_env] creating $VENV with $PY_VERSION"
   "$PY_VERSION" -m venv "$VENV"

@@ -10,4 +10,6 @@ cd "$ROOT"
 "$ROOT/.venv/bin/ruff" check . || { echo "[test] ruff found the problems above; most are fixed by" \
     "'.venv/bin/ruff check --fix .'" >&2; exit 1; }
 # Generated data sets of the tests go to temporary folders; the shared BCCD copy is read-only input.
-exec "$ROOT/.venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+# A passed test's folder is deleted (the suite's checkpoints are several GB): only failures are kept to read.
+exec "$ROOT/.venv/bin/python" -m pytest tests -q -p no:cacheprovider \
+    -o tmp_path_retention_policy=failed -o tmp_path_retention_count=1 "$@"
