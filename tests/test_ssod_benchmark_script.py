@@ -651,3 +651,92 @@ def test_results_json_names_each_runs_directory(script, tmp_path, monkeypatch):
         run_dirs = json.load(f)["run_dirs"]["shapes_lite10"]["2"]
     assert run_dirs["semidetr"] == str(tmp_path / "shapes_lite10/seed2/rows_from300_iters100_t1-200/semidetr")
     assert set(run_dirs) == {"burn_in", "ceiling", "sup_only", "semidetr"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# --burn-in-until-plateau: each seed's burn-in is continued until it passes the plateau test
+_RISING = [(99, 10.0), (199, 15.0), (300, 20.0)]  # +3.75 AP fitted over the last quarter: no plateau
+_FLAT = [*_RISING[:2], (299, 20.0), (400, 20.2)]  # +0.2 AP over the last quarter (300-400): its plateau
+
+
+def _until_plateau_runs(script, tmp_path, monkeypatch, burn_in_curves, **overrides):
+    """The runs planned for seed 2 (in the order they train, one slot), each burn-in's curve from
+    burn_in_curves by its length (a curve not given: the run fails the test if trained)."""
+    planned = []
+
+    def fake_run_training(config, out_dir, opts, threads, extend=False):
+        planned.append((os.path.relpath(out_dir, tmp_path), dict(zip(opts[::2], opts[1::2]))))
+        name = os.path.basename(out_dir)
+        curve = burn_in_curves[int(name[len("burn_in"):])] if name.startswith("burn_in") else [(99, 1.0)]
+        _write_run(out_dir, curve)
+        return {"AP": curve[-1][1], "AP50": 0.0, "iteration": curve[-1][0]}
+
+    monkeypatch.setattr(script, "run_training", fake_run_training)
+    args = SimpleNamespace(burn_in=300, burn_in_until_plateau=500, burn_in_step=100, iters=100, curve_period=100,
+                           rows=["sup_only", "semidetr"], jobs=1, threads=1, out=str(tmp_path), no_ceiling=False,
+                           ceiling_only=False, device="cpu", seeds=[2], settings=["shapes_lite"])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    script.run_setting("shapes_lite", 2, args, script.JobQueue(1), (0, 0))
+    return planned, args
+
+
+def test_a_burn_in_short_of_its_plateau_is_continued_and_the_rows_start_from_the_first_that_reaches_it(
+        script, tmp_path, monkeypatch):
+    planned, args = _until_plateau_runs(script, tmp_path, monkeypatch, {300: _RISING, 400: _FLAT})
+    names = [name for name, _ in planned]
+    # 300 fails the test, 400 passes it: 500 is never trained; the rows start from 400, then the ceiling
+    # trains 400 + 100 iterations (after the rows: they are the result).
+    assert names == ["shapes_lite/seed2/burn_in300", "shapes_lite/seed2/burn_in400",
+                     "shapes_lite/seed2/rows_from400_iters100/sup_only",
+                     "shapes_lite/seed2/rows_from400_iters100/semidetr",
+                     "ceiling_shapes_lite_train/seed2/ceiling500"]
+    opts = dict(planned)
+    assert opts["shapes_lite/seed2/burn_in400"]["SOLVER.MAX_ITER"] == "400"
+    assert opts["shapes_lite/seed2/rows_from400_iters100/semidetr"]["MODEL.WEIGHTS"].endswith(
+        "shapes_lite/seed2/burn_in400/model_final.pth")
+    assert opts["ceiling_shapes_lite_train/seed2/ceiling500"]["SOLVER.MAX_ITER"] == "500"
+    # The report decides by the same rule: the rows of 400, and each seed's length on its burn-in line.
+    assert script.run_dirs("shapes_lite", 2, args)["semidetr"].endswith("rows_from400_iters100/semidetr")
+    text = script.table(script.collect(args), args)
+    assert "Budget: a supervised burn-in of 300 iterations, continued by 100 at a time until it gains less than 1 AP " \
+           "over its last quarter or reaches 500" in text
+    assert "(ceiling: its seed's burn-in + 100 supervised iterations with all labels)" in text
+    assert "where every row starts): seed 2 20.2 (400 iterations)." in text
+    assert "- burn_in seed 2: 100: 10.0, 200: 15.0, 300: 20.0, 400: 20.2; gain over the last quarter +0.2 AP" in text
+
+
+def test_a_burn_in_that_never_reaches_its_plateau_stops_at_the_maximum(script, tmp_path, monkeypatch):
+    rising = {300: _RISING, 400: [*_RISING, (400, 25.0)], 500: [*_RISING, (399, 25.0), (500, 30.0)]}
+    planned, _ = _until_plateau_runs(script, tmp_path, monkeypatch, rising, no_ceiling=True)
+    assert [name for name, _ in planned] == [
+        "shapes_lite/seed2/burn_in300", "shapes_lite/seed2/burn_in400", "shapes_lite/seed2/burn_in500",
+        "shapes_lite/seed2/rows_from500_iters100/sup_only", "shapes_lite/seed2/rows_from500_iters100/semidetr"]
+
+
+def test_a_burn_in_at_its_plateau_at_first_is_not_continued(script, tmp_path, monkeypatch):
+    planned, _ = _until_plateau_runs(script, tmp_path, monkeypatch, {300: [(99, 10.0), (199, 15.0), (300, 15.2)]},
+                                     no_ceiling=True)
+    assert [name for name, _ in planned] == ["shapes_lite/seed2/burn_in300",
+                                             "shapes_lite/seed2/rows_from300_iters100/sup_only",
+                                             "shapes_lite/seed2/rows_from300_iters100/semidetr"]
+
+
+def test_until_plateau_a_ceiling_alone_waits_for_its_burn_in_to_be_decided(script, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"the ceiling of shapes_lite seed 2 trains its burn-in's iterations \+ 100, "
+                                         r"and that burn-in is not decided \(.*burn_in300 has not finished\)"):
+        _until_plateau_runs(script, tmp_path, monkeypatch, {}, ceiling_only=True)
+    _write_run(str(tmp_path / "shapes_lite/seed2/burn_in300"), _RISING)
+    _write_run(str(tmp_path / "shapes_lite/seed2/burn_in400"), _FLAT)
+    planned, _ = _until_plateau_runs(script, tmp_path, monkeypatch, {}, ceiling_only=True)
+    assert [(name, opts["SOLVER.MAX_ITER"]) for name, opts in planned] == [
+        ("ceiling_shapes_lite_train/seed2/ceiling500", "500")]
+
+
+@pytest.mark.parametrize("argv", [["--burn-in", "300", "--burn-in-until-plateau", "200"],
+                                  ["--burn-in-until-plateau", "3000", "--burn-in-step", "0"],
+                                  ["--seeds", "1", "--burn-in-until-plateau", "3000", "--burn-in-weights", "w.pth"]])
+def test_burn_in_until_plateau_refuses_arguments_that_contradict_it(script, monkeypatch, argv):
+    monkeypatch.setattr(script.sys, "argv", ["run_ssod_benchmarks.py", "--report", "--settings", "shapes_lite", *argv])
+    with pytest.raises(SystemExit):
+        script.main()

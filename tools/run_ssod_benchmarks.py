@@ -21,6 +21,10 @@ For each setting and each seed (seed k also picks fold k of the labeled split):
      its gain is credited to the unlabeled images;
   3. the ceiling: supervised training with 100% of the labels for --burn-in + --iters iterations (one per
      full labeled set and seed, shared by the settings that use it), with its curve.
+--burn-in-until-plateau MAX: the burn-in is trained until it reaches its plateau (the report's test below), each
+seed on its own: a burn-in of --burn-in iterations that fails the test is continued by --burn-in-step iterations
+(burn_in<N + step>, from its checkpoint), and again, until one passes or MAX is reached; the rows start from
+that one and the ceiling trains its iterations + --iters.
 --jobs runs train at a time (--threads // --jobs threads each; a burn-in with nothing beside it, one setting x
 seed with --no-ceiling, takes all --threads), earlier seeds and settings first (a later seed's burn-in fills a slot while
 an earlier seed's rows wait for theirs). A finished run (model_final.pth + metrics.json) is not run again;
@@ -99,6 +103,34 @@ TRAJECTORY_SPANS = 5
 PLATEAU_GAIN = 1.0
 # In a run directory: one JSON line per training segment (a start or a resume), the machine that trained it.
 MACHINES_FILE = "machines.jsonl"
+
+
+def burn_in_budgets(args):
+    """The burn-in lengths a seed may train, shortest first: --burn-in, or with --burn-in-until-plateau MAX
+    every --burn-in-step from it up to MAX."""
+    most = getattr(args, "burn_in_until_plateau", None)
+    return [args.burn_in] if most is None else list(range(args.burn_in, most + 1, args.burn_in_step))
+
+
+def reached_plateau(summary, args):
+    """Whether a finished burn-in's curve gains less than PLATEAU_GAIN over its last quarter (fitted)."""
+    gain = plateau_gain(summary["curve"], args.curve_period)
+    return gain is not None and gain < PLATEAU_GAIN
+
+
+def seed_burn_in(setting, seed, args, train=None):
+    """The burn-in length (iterations) the rows of a setting x seed start from: the first of `burn_in_budgets`
+    whose burn-in reached its plateau, or the last; a burn-in that has not been trained (nor archived) ends the
+    search there, it is the one to train. train(iterations): trains that burn-in first (a longer one continues
+    the shorter one's checkpoint), so that training and the report decide by the same rule."""
+    budgets = burn_in_budgets(args)
+    for iterations in budgets:
+        if train is not None:
+            train(iterations)
+        summary = archived_summary(burn_in_dir(setting, seed, iterations, args), args)
+        if summary is None or reached_plateau(summary, args):
+            return iterations
+    return budgets[-1]
 
 
 class JobQueue:
@@ -373,17 +405,24 @@ def row_overrides(row, args):
     return ["SEMI.EMA_WARMUP", "False", *component, *schedule]
 
 
-def run_dirs(setting, seed, args):
+def burn_in_dir(setting, seed, iterations, args):
+    return os.path.join(args.out, setting, f"seed{seed}", f"burn_in{iterations}")
+
+
+def run_dirs(setting, seed, args, burn_in=None):
     """Where each run of a setting x seed lives (the budgets are in the names: the rows' folder names where
-    they start, the burn-in's iterations or the --burn-in-weights file, and a T1 other than half the row)."""
+    they start, the burn-in's iterations or the --burn-in-weights file, and a T1 other than half the row).
+    burn_in: the burn-in's iterations, by default `seed_burn_in`'s."""
     full = SETTINGS[setting][4]
     root = os.path.join(args.out, setting, f"seed{seed}")
     weights = getattr(args, "burn_in_weights", None)
-    start = f"-{os.path.splitext(os.path.basename(weights))[0]}" if weights else str(args.burn_in)
+    if burn_in is None:
+        burn_in = args.burn_in if weights else seed_burn_in(setting, seed, args)
+    start = f"-{os.path.splitext(os.path.basename(weights))[0]}" if weights else str(burn_in)
     t1 = "" if o2m_iters(args) == args.iters // 2 else f"_t1-{o2m_iters(args)}"
     rows_root = os.path.join(root, f"rows_from{start}_iters{args.iters}{t1}")
-    dirs = {"burn_in": os.path.join(root, f"burn_in{args.burn_in}"),
-            "ceiling": os.path.join(args.out, f"ceiling_{full}", f"seed{seed}", f"ceiling{args.burn_in + args.iters}")}
+    dirs = {"burn_in": burn_in_dir(setting, seed, burn_in, args),
+            "ceiling": os.path.join(args.out, f"ceiling_{full}", f"seed{seed}", f"ceiling{burn_in + args.iters}")}
     dirs.update({row: os.path.join(rows_root, row) for row in args.rows})
     return dirs
 
@@ -395,7 +434,9 @@ def run_setting(setting, seed, args, queue, priority, burn_in_alone=False):
     iteration 1.5x faster than 1 (0.55 s against 0.82 s, AMD EPYC, BENCHMARKS.md "Evidence: shapes_lite10")."""
     sup_config, ssod_config, semidetr_config, labeled_split, full = SETTINGS[setting]
     labeled = labeled_split.format(fold=seed)
-    dirs = run_dirs(setting, seed, args)
+    # Until its plateau, the burn-in's length (and so the rows' start and the ceiling's length) is known once
+    # it has trained; a fixed one is known now, and the ceiling trains beside it.
+    until_plateau = getattr(args, "burn_in_until_plateau", None) is not None
     common = ["SEED", str(seed), "TEST.EVAL_PERIOD", "0", "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "1",
               "MODEL.DEVICE", args.device]
     curve = ["TEST.EVAL_PERIOD", str(args.curve_period)]  # after `common`: the later value wins
@@ -415,30 +456,48 @@ def run_setting(setting, seed, args, queue, priority, burn_in_alone=False):
     given_weights = getattr(args, "burn_in_weights", None)
     if given_weights:
         check_burn_in_weights(given_weights, labeled)
-    weights = ["MODEL.WEIGHTS", given_weights or os.path.join(dirs["burn_in"], "model_final.pth"), *budget(args.iters)]
     splits = {"sup": ["DATASETS.TRAIN", f"('{labeled}',)", "SOLVER.IMS_PER_BATCH", str(per_step)],
               "semi": ["DATASETS.TRAIN", f"('{labeled}',)", "DATASETS.TRAIN_UNLABELED", f"('{labeled}-unlabeled',)"]}
+
+    def train_burn_in(iterations):
+        train(sup_config, burn_in_dir(setting, seed, iterations, args),
+              [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)", *budget(iterations)],
+              args.threads if burn_in_alone else threads, True)
+
+    def submit_ceiling(dirs, burn_in, step):  # depends on the full labeled set and the seed only: shared by settings
+        return queue.submit((*priority, step), train, sup_config, dirs["ceiling"],
+                            [*common, *curve, "DATASETS.TRAIN", f"('{full}',)", *budget(burn_in + args.iters)],
+                            threads, True)
 
     def burn_in_then_queue_rows():
         # The rows are queued by the worker that ran the burn-in, before it takes its next job: they take
         # precedence over later seeds' jobs.
-        if not given_weights:
-            train(sup_config, dirs["burn_in"], [*common, *curve, "DATASETS.TRAIN", f"('{labeled}',)",
-                                                *budget(args.burn_in)], args.threads if burn_in_alone else threads, True)
+        burn_in = args.burn_in if given_weights else seed_burn_in(setting, seed, args, train=train_burn_in)
+        dirs = run_dirs(setting, seed, args, burn_in)
+        weights = ["MODEL.WEIGHTS", given_weights or os.path.join(dirs["burn_in"], "model_final.pth"),
+                   *budget(args.iters)]
         rows = {}
         for step, row in enumerate(args.rows, start=2):
             config = row_config(row, setting)
             split = splits["sup" if row == "sup_only" else "semi"]
             rows[row] = queue.submit((*priority, step), train, config, dirs[row],
                                      [*common, *curve, *weights, *split, *row_overrides(row, args)], threads)
+        if until_plateau and not args.no_ceiling:  # after the rows: they are the result, the ceiling its scale
+            rows["ceiling"] = submit_ceiling(dirs, burn_in, len(args.rows) + 2)
         return rows
 
     row_jobs = None if args.ceiling_only else queue.submit((*priority, 0), burn_in_then_queue_rows)
     jobs = {}
-    if not args.no_ceiling:  # depends on the full labeled set and the seed only: settings on one set share it
-        jobs["ceiling"] = queue.submit((*priority, 1), train, sup_config, dirs["ceiling"],
-                                       [*common, *curve, "DATASETS.TRAIN", f"('{full}',)",
-                                        *budget(args.burn_in + args.iters)], threads, True)
+    if args.ceiling_only and until_plateau:
+        burn_in = seed_burn_in(setting, seed, args)
+        if archived_summary(burn_in_dir(setting, seed, burn_in, args), args) is None:
+            raise ValueError(f"--ceiling-only with --burn-in-until-plateau: the ceiling of {setting} seed {seed} "
+                             f"trains its burn-in's iterations + {args.iters}, and that burn-in is not decided "
+                             f"({burn_in_dir(setting, seed, burn_in, args)} has not finished): train it first "
+                             "(leave out --ceiling-only)")
+        jobs["ceiling"] = submit_ceiling(run_dirs(setting, seed, args, burn_in), burn_in, 1)
+    elif not args.no_ceiling and not until_plateau:  # beside the burn-in
+        jobs["ceiling"] = submit_ceiling(run_dirs(setting, seed, args, args.burn_in), args.burn_in, 1)
     if row_jobs is not None:
         jobs.update(row_jobs.result())  # raises if the burn-in failed
     return {row: job.result() for row, job in jobs.items()}
@@ -597,9 +656,17 @@ def _stats(values):
 def table(results, args):
     rows = [row for row in ROWS + EXTRA_ROWS if row in args.rows]
     weights = getattr(args, "burn_in_weights", None)
-    lines = [f"Budget: {args.burn_in} supervised burn-in iterations" + (f" ({weights}, not trained here)" if weights else "")
-             + f", then {args.iters} iterations per row, T1 = {o2m_iters(args)} for the SHM rows "
-             f"(ceiling: {args.burn_in + args.iters} supervised iterations with all labels). AP (COCO-style, on the "
+    until_plateau = getattr(args, "burn_in_until_plateau", None)
+    if until_plateau is not None:
+        burn_in = (f"a supervised burn-in of {args.burn_in} iterations, continued by {args.burn_in_step} at a time "
+                   f"until it gains less than {PLATEAU_GAIN:g} AP over its last quarter or reaches {until_plateau} "
+                   "(each seed's length is on its burn-in line)")
+        ceiling = f"its seed's burn-in + {args.iters}"
+    else:
+        burn_in = f"{args.burn_in} supervised burn-in iterations" + (f" ({weights}, not trained here)" if weights else "")
+        ceiling = str(args.burn_in + args.iters)
+    lines = [f"Budget: {burn_in}, then {args.iters} iterations per row, T1 = {o2m_iters(args)} for the SHM rows "
+             f"(ceiling: {ceiling} supervised iterations with all labels). AP (COCO-style, on the "
              "test split) of the final model; semi-supervised rows: the teacher. Seed k uses fold k of the labeled "
              "split. std: sample standard deviation over the seeds.", ""]
     for setting, per_seed in results.items():
@@ -624,9 +691,10 @@ def table(results, args):
             lines.append(f"| {ROW_TITLES[run]} | " + " | ".join(_fmt(v) for v in values)
                          + f" | {_fmt(stats[run][0])} | {_fmt(stats[run][1])} |")
         burn_in = [ap(s, "burn_in") for s in seeds]
+        lengths = [f" ({seed_burn_in(setting, s, args)} iterations)" if until_plateau is not None else "" for s in seeds]
         lines += ["", "Burn-in (sup-only at its full batch, where every row starts): "
                   + (f"{weights} (see the budget above)." if weights else
-                     ", ".join(f"seed {s} {_fmt(v)}" for s, v in zip(seeds, burn_in)) + "."), ""]
+                     ", ".join(f"seed {s} {_fmt(v)}{n}" for s, v, n in zip(seeds, burn_in, lengths)) + "."), ""]
         sup, ceiling = stats.get("sup_only", (None, None))[0], stats["ceiling"][0]
         sup_seeds = [s for s in seeds if ap(s, "sup_only") is not None]
 
@@ -745,6 +813,11 @@ def main():
     parser.add_argument("--settings", nargs="+", default=["shapes_lite", "bccd10"], choices=sorted(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--burn-in", type=int, default=2000)
+    parser.add_argument("--burn-in-until-plateau", type=int, default=None, metavar="MAX",
+                        help="continue a burn-in that has not reached its plateau (< 1 AP gained over its last "
+                             "quarter, fitted) by --burn-in-step iterations at a time, up to MAX iterations; each "
+                             "seed's rows start from its first burn-in that has, and its ceiling is that long + --iters")
+    parser.add_argument("--burn-in-step", type=int, default=500, help="see --burn-in-until-plateau")
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--curve-period", type=int, default=250, help="evaluation period of the burn-in, the ceiling and the rows")
     parser.add_argument("--o2m-iters", type=int, default=None,
@@ -779,6 +852,11 @@ def main():
     args = parser.parse_args()
     if args.burn_in_weights and len(args.settings) * len(args.seeds) != 1:
         parser.error("--burn-in-weights is the burn-in of one setting and seed: give one --settings and one --seeds")
+    if args.burn_in_until_plateau is not None:
+        if args.burn_in_weights:
+            parser.error("--burn-in-until-plateau trains the burn-in, --burn-in-weights gives it: pick one")
+        if args.burn_in_until_plateau < args.burn_in or args.burn_in_step < 1:
+            parser.error("--burn-in-until-plateau MAX must be at least --burn-in, and --burn-in-step positive")
     if not args.report:
         queue = JobQueue(args.jobs)
         pairs = [(setting, seed) for setting in args.settings for seed in args.seeds]
