@@ -127,10 +127,11 @@ def seed_burn_in(setting, seed, args, train=None):
     for iterations in budgets:
         if train is not None:
             train(iterations)
+        if iterations == budgets[-1]:
+            return iterations  # the longest (a fixed --burn-in: the only one): nothing to read
         summary = archived_summary(burn_in_dir(setting, seed, iterations, args), args)
         if summary is None or reached_plateau(summary, args):
             return iterations
-    return budgets[-1]
 
 
 class JobQueue:
